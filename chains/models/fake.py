@@ -1,0 +1,98 @@
+"""A deterministic scripted chat model: protocol tests and benchmarks, never the default.
+
+Its tokens deliberately include what breaks naive SSE code: newlines, a carriage return, Chinese and emoji.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+
+SCRIPT: tuple[str, ...] = ("Hello", ",", " world", "!", "\n", "你好", "，", "世界", " 🙂", "\r\n", "line", " two", ".")
+
+
+def scripted_tokens(count: int) -> list[str]:
+    """The reply of the fake model: `count` tokens cycling through SCRIPT."""
+    return [SCRIPT[i % len(SCRIPT)] for i in range(count)]
+
+
+class ScriptedChatModel(BaseChatModel):
+    """Streams `reply_tokens` scripted tokens, `token_delay_ms` apart, whatever the prompt."""
+
+    reply_tokens: int = 20
+    token_delay_ms: float = 0.0
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"reply_tokens": self.reply_tokens, "token_delay_ms": self.token_delay_ms}
+
+    def _final_chunk(self, messages: list[BaseMessage]) -> ChatGenerationChunk:
+        prompt_tokens = sum(len(str(m.content).split()) for m in messages)
+        usage = {
+            "input_tokens": prompt_tokens,
+            "output_tokens": self.reply_tokens,
+            "total_tokens": prompt_tokens + self.reply_tokens,
+        }
+        message = AIMessageChunk(
+            content="",
+            usage_metadata=usage,  # type: ignore[arg-type]
+            response_metadata={"finish_reason": "stop", "model_name": "scripted"},
+            chunk_position="last",
+        )
+        return ChatGenerationChunk(message=message)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        delay = self.token_delay_ms / 1000
+        for i, token in enumerate(scripted_tokens(self.reply_tokens)):
+            if delay and i:
+                time.sleep(delay)
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=token))
+            if run_manager:
+                run_manager.on_llm_new_token(token, chunk=chunk)
+            yield chunk
+        yield self._final_chunk(messages)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        delay = self.token_delay_ms / 1000
+        for i, token in enumerate(scripted_tokens(self.reply_tokens)):
+            if delay and i:
+                await asyncio.sleep(delay)
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=token))
+            if run_manager:
+                await run_manager.on_llm_new_token(token, chunk=chunk)
+            yield chunk
+        yield self._final_chunk(messages)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        final = self._final_chunk(messages).message
+        message = AIMessageChunk(content="".join(scripted_tokens(self.reply_tokens))) + final
+        return ChatResult(generations=[ChatGeneration(message=message.to_message())])

