@@ -19,8 +19,6 @@ try:
     model = build_chat_model(settings)
 except ConfigError as exc:
     raise SystemExit(f"config error: {exc}") from None
-except (OSError, ValueError) as exc:  # e.g. a file that is not a loadable GGUF
-    raise SystemExit(f"config error: cannot load the {settings.provider} model: {exc}") from None
 
 app = FastAPI(
     title="Token streaming",

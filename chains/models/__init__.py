@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from langchain_core.language_models import BaseChatModel
 
-from chains.settings import Settings
+from pydantic import ValidationError
+
+from chains.settings import ConfigError, Settings
 
 
 def build_chat_model(settings: Settings) -> BaseChatModel:
@@ -27,15 +29,19 @@ def build_chat_model(settings: Settings) -> BaseChatModel:
             from chains.models.local import LlamaCppChatModel
 
             assert settings.local_model_path is not None  # Settings.check() resolved it
-            return LlamaCppChatModel(
-                model_path=settings.local_model_path,
-                temperature=settings.temperature,
-                max_tokens=settings.max_tokens,
-                n_threads=settings.local_threads,
-                n_ctx=settings.local_context,
-                queue_size=settings.local_queue_size,
-                seed=settings.local_seed,
-            )
+            try:
+                return LlamaCppChatModel(
+                    model_path=settings.local_model_path,
+                    temperature=settings.temperature,
+                    max_tokens=settings.max_tokens,
+                    n_threads=settings.local_threads,
+                    n_ctx=settings.local_context,
+                    queue_size=settings.local_queue_size,
+                    seed=settings.local_seed,
+                )
+            except ValidationError as exc:  # loading happens in the model's validation
+                reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                raise ConfigError(f"LOCAL_MODEL_PATH: cannot load {settings.local_model_path}: {reason}") from None
         case "fake":
             from chains.models.fake import ScriptedChatModel
 

