@@ -115,6 +115,9 @@ class LlamaCppChatModel(BaseChatModel):
             tokens = self._llama.tokenize(prompt.prompt.encode("utf-8"), add_bos=not prompt.added_special,
                                           special=True)
             stop_words = [*prompt.stop, *params.pop("stop", [])]
+            # Evaluate the whole prompt every time: reusing a cached prefix changes the batch shapes, and with
+            # them the float rounding, so temperature 0 would not give the same text for the same prompt.
+            self._llama.reset()
             iterator = self._llama.create_completion(
                 tokens, stream=True, stop=stop_words, stopping_criteria=prompt.stopping_criteria, **params)
             produced = 0
