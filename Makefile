@@ -31,7 +31,7 @@ $(TESTDEPS): pyproject.toml $(RUNTIME)
 install: $(RUNTIME)
 
 run: $(RUNTIME)
-	$(BIN)/uvicorn server:app --host $(HOST) --port $(PORT)
+	$(BIN)/uvicorn server:app --host $(HOST) --port $(PORT) --http chains.http_protocol:Utf8RequestLineProtocol
 
 # Browser tests drive Debian's Chromium (Playwright cannot download its own browser here); the CJK fonts make
 # Chinese text readable in the screenshots.

@@ -12,6 +12,7 @@ from langserve import add_routes
 
 from chains.chat import CHAINS
 from chains.models import build_chat_model
+from chains.routes import chat_router
 from chains.settings import ConfigError, load_settings
 
 try:
@@ -33,9 +34,10 @@ app.add_middleware(
     allow_headers=["*"],
 )
 
-for name, make_chain in CHAINS.items():
-    add_routes(app, make_chain(model), path=f"/{name}",
-               playground_type="chat" if name == "conversation" else "default")
+chains = {name: make_chain(model) for name, make_chain in CHAINS.items()}
+for name, chain in chains.items():
+    add_routes(app, chain, path=f"/{name}", playground_type="chat" if name == "conversation" else "default")
+app.include_router(chat_router(chains, settings))
 
 app.mount("/playground", StaticFiles(directory=Path(__file__).parent / "playground", html=True), name="playground")
 

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     fake_reply_tokens: int = Field(20, ge=0)
     fake_token_delay_ms: float = Field(0.0, ge=0.0)
 
+    # The /chat routes' defaults (a request may set its own within limits).
+    stream_flush_ms: float = Field(100.0, ge=1, le=60_000, description="longest a token waits in a buffer (ms)")
+    stream_timeout: float = Field(300.0, gt=0, le=3600, description="whole generation limit (s)")
+    stream_idle_timeout: float = Field(60.0, gt=0, le=3600, description="longest silence between tokens (s)")
+    sse_heartbeat_seconds: float = Field(15.0, gt=0, description="comment heartbeat interval on idle streams")
+
     # Browsers on these origins may call the API. `*` in a port or host matches anything there.
     cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:*", "http://127.0.0.1:*"]
 

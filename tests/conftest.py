@@ -22,7 +22,8 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 # Settings a developer's shell or .env might carry that would change what a test server does.
 _SETTING_NAMES = (
     "CHAT_PROVIDER", "OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL", "LOCAL_MODEL_PATH", "TEMPERATURE",
-    "MAX_TOKENS", "FAKE_REPLY_TOKENS", "FAKE_TOKEN_DELAY_MS", "CORS_ORIGINS",
+    "MAX_TOKENS", "FAKE_REPLY_TOKENS", "FAKE_TOKEN_DELAY_MS", "CORS_ORIGINS", "STREAM_FLUSH_MS", "STREAM_TIMEOUT",
+    "STREAM_IDLE_TIMEOUT", "SSE_HEARTBEAT_SECONDS",
 )
 
 
@@ -85,7 +86,8 @@ def stop_process(server: LiveServer) -> None:
 def start_app(name: str, **settings: str) -> LiveServer:
     """`uvicorn server:app` on a free loopback port with exactly these settings."""
     port = free_port()
-    args = [sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(port)]
+    args = [sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(port),
+            "--http", "chains.http_protocol:Utf8RequestLineProtocol"]  # as `make run` serves it
     return start_process(args, clean_env(**settings), name, "/health", port)
 
 
@@ -99,6 +101,23 @@ def model_path() -> Path:
 @pytest.fixture(scope="session")
 def fake_server() -> Iterator[LiveServer]:
     server = start_app("fake-server", CHAT_PROVIDER="fake", FAKE_REPLY_TOKENS="20")
+    yield server
+    stop_process(server)
+
+
+@pytest.fixture(scope="session")
+def slow_fake_server() -> Iterator[LiveServer]:
+    """Scripted tokens 150 ms apart, heartbeats every 0.1 s: for buffering, timeouts and heartbeats."""
+    server = start_app("slow-fake-server", CHAT_PROVIDER="fake", FAKE_REPLY_TOKENS="8", FAKE_TOKEN_DELAY_MS="150",
+                       SSE_HEARTBEAT_SECONDS="0.1")
+    yield server
+    stop_process(server)
+
+
+@pytest.fixture(scope="session")
+def long_local_server() -> Iterator[LiveServer]:
+    """The embedded model allowed long replies: for cancellation (a 2,000-token reply takes ~20 s)."""
+    server = start_app("long-local-server", CHAT_PROVIDER="local", MAX_TOKENS="2000", TEMPERATURE="0")
     yield server
     stop_process(server)
 

@@ -1,0 +1,233 @@
+"""The one streaming core behind every custom SSE route: chain → buffer → timeouts → encoded events.
+
+A producer task iterates `chain.astream` and appends each token to a list; the response's generator wakes when a
+group is ready (`buffer_size` tokens), when the oldest waiting token has waited `flush_ms`, or at the end, and
+encodes each event once. Timeouts cost nothing per token: a single timer re-arms itself from the time of the
+last token and cancels the producer only when a deadline has really passed. When the client goes away,
+`TokenStreamResponse` (sse-starlette's disconnect watch) cancels the generator, whose `finally` cancels the
+producer, and with it the chain: the local model stops decoding, an upstream HTTP stream is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.outputs import LLMResult
+from langchain_core.runnables import Runnable
+from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from starlette.types import Send
+
+from chains.models.local import ModelOverloadedError
+from chains.protocol import DoneEvent, ErrorEvent, ErrorType, EventFormat, StartEvent, Usage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    buffer_size: int = 1
+    flush_ms: float | None = 100.0
+    timeout: float | None = None
+    idle_timeout: float | None = None
+
+
+class _ReplyMetadata(BaseCallbackHandler):
+    """Catches the model's usage and finish reason, which the chain's text output no longer carries."""
+
+    run_inline = True  # a sync handler not run inline would cost an executor hop per token
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+
+    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
+        message = getattr(response.generations[0][0], "message", None) if response.generations else None
+        if message is None:
+            return
+        usage = getattr(message, "usage_metadata", None)
+        if usage:
+            self.usage = Usage(prompt_tokens=usage["input_tokens"], completion_tokens=usage["output_tokens"],
+                               total_tokens=usage["total_tokens"])
+        self.finish_reason = message.response_metadata.get("finish_reason") or self.finish_reason
+
+
+def describe_failure(exc: BaseException) -> tuple[ErrorType, str]:
+    """A client-safe type and message: no traceback, no request headers, no key."""
+    match exc:
+        case ModelOverloadedError():
+            return "overloaded", str(exc)
+        case openai.APITimeoutError():
+            return "timeout", "the upstream model did not answer in time"
+        case openai.RateLimitError():
+            return "rate_limited", "the upstream model is rate limited (HTTP 429)"
+        case openai.AuthenticationError() | openai.PermissionDeniedError():
+            return "upstream_auth", f"the upstream model refused the credentials (HTTP {exc.status_code})"
+        case openai.APIStatusError():
+            return "upstream_error", f"the upstream model failed (HTTP {exc.status_code})"
+        case openai.APIConnectionError():
+            return "upstream_error", "cannot reach the upstream model"
+        case _:
+            return "generation_error", f"{type(exc).__name__}: {exc}"[:500]
+
+
+class _Generation:
+    """One generation in flight: the producer task, the tokens it has produced and not yet sent, the timers."""
+
+    def __init__(self, chain: Runnable[Any, str], chain_input: Any, options: StreamOptions) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.options = options
+        self.metadata = _ReplyMetadata()
+        self.pending: list[str] = []
+        self.wake = asyncio.Event()
+        self.finished = False
+        self.failure: Exception | None = None
+        self.timed_out: ErrorEvent | None = None
+        self.flush_due = False
+        self.flush_after = options.flush_ms / 1000 if options.flush_ms and options.buffer_size > 1 else None
+        self.flush_timer: asyncio.TimerHandle | None = None
+        self.began = self.last_token = self.loop.time()
+        self.producer = self.loop.create_task(self._produce(chain, chain_input), name="token-producer")
+        self.watchdog: asyncio.TimerHandle | None = None
+        if options.timeout is not None or options.idle_timeout is not None:
+            self._check_deadlines()
+
+    async def _produce(self, chain: Runnable[Any, str], chain_input: Any) -> None:
+        pending, buffer_size, loop = self.pending, self.options.buffer_size, self.loop
+        try:
+            async for text in chain.astream(chain_input, {"callbacks": [self.metadata]}):
+                if text:
+                    pending.append(text)
+                    self.last_token = loop.time()
+                    if len(pending) >= buffer_size:
+                        self.wake.set()
+                    elif self.flush_after is not None and self.flush_timer is None:
+                        self.flush_timer = loop.call_later(self.flush_after, self._flush_now)
+        except Exception as exc:  # noqa: BLE001 - becomes the stream's error event
+            self.failure = exc
+        finally:
+            self.finished = True
+            self.wake.set()
+
+    def _flush_now(self) -> None:
+        self.flush_due = True
+        self.wake.set()
+
+    def _check_deadlines(self) -> None:
+        # Runs at the earliest deadline and re-arms itself when a token has moved the idle deadline on, so the
+        # hot path only records the time of the last token.
+        options, now = self.options, self.loop.time()
+        deadlines: list[tuple[float, str]] = []
+        if options.timeout is not None:
+            deadlines.append((self.began + options.timeout, f"Timeout after {options.timeout:g}s"))
+        if options.idle_timeout is not None:
+            deadlines.append((self.last_token + options.idle_timeout, f"No token for {options.idle_timeout:g}s"))
+        due, message = min(deadlines)
+        if now >= due and not self.finished:
+            self.timed_out = ErrorEvent(error=message, type="timeout")
+            self.producer.cancel()
+            self.wake.set()
+        elif not self.finished:
+            self.watchdog = self.loop.call_at(due, self._check_deadlines)
+
+    def take_ready(self) -> list[str]:
+        """Tokens to send now: whole groups, or everything once finished or the flush time has come."""
+        pending, flush = self.pending, self.finished or self.flush_due
+        ready = len(pending) if flush else len(pending) - len(pending) % self.options.buffer_size
+        batch = pending[:ready]
+        del pending[:ready]
+        if self.flush_timer is not None and (ready or self.flush_due):
+            self.flush_timer.cancel()
+            self.flush_timer = None
+        self.flush_due = False
+        if pending and self.flush_after is not None and self.flush_timer is None:
+            self.flush_timer = self.loop.call_later(self.flush_after, self._flush_now)
+        return batch
+
+    def stop(self) -> None:
+        self.producer.cancel()  # cancels chain.astream: the model stops decoding or its HTTP stream closes
+        for timer in (self.watchdog, self.flush_timer):
+            if timer is not None:
+                timer.cancel()
+
+
+async def token_events(chain: Runnable[Any, str], chain_input: Any, options: StreamOptions,
+                       fmt: EventFormat) -> AsyncIterator[bytes]:
+    """Encoded SSE events for one generation: start, tokens (grouped by the options), then done or error."""
+    event_id = 0
+    head = fmt.start(event_id, StartEvent(timestamp=time.time()))
+    if head is not None:
+        yield head
+    generation = _Generation(chain, chain_input, options)
+    buffer_size = options.buffer_size
+    sent: list[str] = []
+    token_count = 0
+    try:
+        while not generation.finished or generation.pending:
+            await generation.wake.wait()
+            generation.wake.clear()
+            if generation.timed_out is not None:
+                event_id += 1
+                yield fmt.error(event_id, generation.timed_out)
+                return
+            batch = generation.take_ready()
+            # The hot path: one encode and one yield per event.
+            if buffer_size == 1:
+                for text in batch:
+                    event_id += 1
+                    token_count += 1
+                    yield fmt.tokens(event_id, text, token_count)
+            else:
+                for i in range(0, len(batch), buffer_size):
+                    group = batch[i:i + buffer_size]
+                    event_id += 1
+                    token_count += len(group)
+                    yield fmt.tokens(event_id, "".join(group), token_count)
+            sent += batch
+        event_id += 1
+        if generation.failure is not None:
+            kind, message = describe_failure(generation.failure)
+            log.warning("generation failed: %s", message)
+            yield fmt.error(event_id, ErrorEvent(error=message, type=kind))
+            return
+        duration = generation.loop.time() - generation.began
+        yield fmt.done(event_id, DoneEvent(
+            full_response="".join(sent), token_count=token_count, duration=duration,
+            tokens_per_second=token_count / duration if duration > 0 else 0.0,
+            usage=generation.metadata.usage, finish_reason=generation.metadata.finish_reason,
+        ))
+    finally:
+        # Normal end, timeout, or the client went away (this generator is cancelled or closed).
+        generation.stop()
+
+
+class TokenStreamResponse(EventSourceResponse):
+    """sse-starlette's response (disconnect watch, heartbeat, shutdown signal) for pre-encoded events.
+
+    Its own `stream_response` formats a debug log line (decoding each chunk) for every event even when debug
+    logging is off; this one only sends. The content type is exactly `text/event-stream` (SSE is UTF-8 by
+    definition; Starlette would append a charset).
+    """
+
+    def __init__(self, events: AsyncIterator[bytes], heartbeat_seconds: float) -> None:
+        super().__init__(
+            events,
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+            ping=heartbeat_seconds,
+            sep="\n",
+            ping_message_factory=lambda: ServerSentEvent(comment="heartbeat"),
+        )
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        async with self._send_lock:
+            self.active = False
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
