@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     # fake: deterministic scripted tokens for protocol tests and benchmarks.
     fake_reply_tokens: int = Field(20, ge=0)
     fake_token_delay_ms: float = Field(0.0, ge=0.0)
+    fake_fail_after: int | None = Field(None, ge=0, description="raise after this many tokens (error paths)")
 
     # The /chat routes' defaults (a request may set its own within limits).
     stream_flush_ms: float = Field(100.0, ge=1, le=60_000, description="longest a token waits in a buffer (ms)")

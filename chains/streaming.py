@@ -221,7 +221,7 @@ class TokenStreamResponse(EventSourceResponse):
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
             ping=heartbeat_seconds,
             sep="\n",
-            ping_message_factory=lambda: ServerSentEvent(comment="heartbeat"),
+            ping_message_factory=lambda: ServerSentEvent(comment="heartbeat", sep="\n"),
         )
 
     async def stream_response(self, send: Send) -> None:

@@ -23,7 +23,7 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 _SETTING_NAMES = (
     "CHAT_PROVIDER", "OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL", "LOCAL_MODEL_PATH", "TEMPERATURE",
     "MAX_TOKENS", "FAKE_REPLY_TOKENS", "FAKE_TOKEN_DELAY_MS", "CORS_ORIGINS", "STREAM_FLUSH_MS", "STREAM_TIMEOUT",
-    "STREAM_IDLE_TIMEOUT", "SSE_HEARTBEAT_SECONDS",
+    "STREAM_IDLE_TIMEOUT", "SSE_HEARTBEAT_SECONDS", "FAKE_FAIL_AFTER",
 )
 
 
@@ -115,6 +115,14 @@ def slow_fake_server() -> Iterator[LiveServer]:
 
 
 @pytest.fixture(scope="session")
+def failing_server() -> Iterator[LiveServer]:
+    """A model that fails after 3 tokens: errors must reach the client as events, not tracebacks."""
+    server = start_app("failing-server", CHAT_PROVIDER="fake", FAKE_FAIL_AFTER="3", FAKE_TOKEN_DELAY_MS="5")
+    yield server
+    stop_process(server)
+
+
+@pytest.fixture(scope="session")
 def long_local_server() -> Iterator[LiveServer]:
     """The embedded model allowed long replies: for cancellation (a 2,000-token reply takes ~20 s)."""
     server = start_app("long-local-server", CHAT_PROVIDER="local", MAX_TOKENS="2000", TEMPERATURE="0")
@@ -135,7 +143,9 @@ def llama_openai_upstream(model_path: Path) -> Iterator[LiveServer]:
     """llama-cpp-python's own OpenAI-compatible server, serving the same GGUF."""
     port = free_port()
     args = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--model_alias", "smollm2",
-            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", str(os.cpu_count() or 1)]
+            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", str(os.cpu_count() or 1),
+            # Like most servers, finish a request even when a newer one arrives: a stream nobody closes goes on.
+            "--interrupt_requests", "False"]
     server = start_process(args, clean_env(), "llama-openai-upstream", "/v1/models", port, seconds=120)
     yield server
     stop_process(server)
@@ -147,6 +157,18 @@ def openai_server(llama_openai_upstream: LiveServer) -> Iterator[LiveServer]:
     server = start_app(
         "openai-server", CHAT_PROVIDER="openai", OPENAI_API_KEY="sk-test-not-a-real-key",
         OPENAI_BASE_URL=f"{llama_openai_upstream.url}/v1", OPENAI_MODEL="smollm2", MAX_TOKENS="24", TEMPERATURE="0",
+    )
+    yield server
+    stop_process(server)
+
+
+@pytest.fixture(scope="session")
+def long_openai_server(llama_openai_upstream: LiveServer) -> Iterator[LiveServer]:
+    """CHAT_PROVIDER=openai allowed long replies: the upstream serves one request at a time, so a reply it
+    keeps generating for a client that left makes the next request wait."""
+    server = start_app(
+        "long-openai-server", CHAT_PROVIDER="openai", OPENAI_API_KEY="sk-test-not-a-real-key",
+        OPENAI_BASE_URL=f"{llama_openai_upstream.url}/v1", OPENAI_MODEL="smollm2", MAX_TOKENS="2000", TEMPERATURE="0",
     )
     yield server
     stop_process(server)

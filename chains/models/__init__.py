@@ -45,6 +45,5 @@ def build_chat_model(settings: Settings) -> BaseChatModel:
         case "fake":
             from chains.models.fake import ScriptedChatModel
 
-            return ScriptedChatModel(
-                reply_tokens=settings.fake_reply_tokens, token_delay_ms=settings.fake_token_delay_ms
-            )
+            return ScriptedChatModel(reply_tokens=settings.fake_reply_tokens,
+                                     token_delay_ms=settings.fake_token_delay_ms, fail_after=settings.fake_fail_after)

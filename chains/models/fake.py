@@ -24,11 +24,16 @@ def scripted_tokens(count: int) -> list[str]:
     return [SCRIPT[i % len(SCRIPT)] for i in range(count)]
 
 
+class ScriptedFailure(RuntimeError):
+    """The failure `fail_after` asks for."""
+
+
 class ScriptedChatModel(BaseChatModel):
     """Streams `reply_tokens` scripted tokens, `token_delay_ms` apart, whatever the prompt."""
 
     reply_tokens: int = 20
     token_delay_ms: float = 0.0
+    fail_after: int | None = None  # raise after this many tokens: error paths in tests and front ends
 
     @property
     def _llm_type(self) -> str:
@@ -37,6 +42,10 @@ class ScriptedChatModel(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"reply_tokens": self.reply_tokens, "token_delay_ms": self.token_delay_ms}
+
+    def _maybe_fail(self, produced: int) -> None:
+        if self.fail_after is not None and produced >= self.fail_after:
+            raise ScriptedFailure(f"scripted failure after {produced} tokens")
 
     def _final_chunk(self, messages: list[BaseMessage]) -> ChatGenerationChunk:
         prompt_tokens = sum(len(str(m.content).split()) for m in messages)
@@ -62,6 +71,7 @@ class ScriptedChatModel(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         delay = self.token_delay_ms / 1000
         for i, token in enumerate(scripted_tokens(self.reply_tokens)):
+            self._maybe_fail(i)
             if delay and i:
                 time.sleep(delay)
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=token))
@@ -79,6 +89,7 @@ class ScriptedChatModel(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         delay = self.token_delay_ms / 1000
         for i, token in enumerate(scripted_tokens(self.reply_tokens)):
+            self._maybe_fail(i)
             if delay and i:
                 await asyncio.sleep(delay)
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=token))

@@ -1,0 +1,56 @@
+"""A client that goes away, or a timeout, stops the generation: the embedded model is free for the next request."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from tests.sse import parse_sse
+
+LONG = "Write a long story about a dragon who learns to bake bread. Make it at least 1000 words."
+
+
+def first_token_seconds(url: str) -> float:
+    """Seconds until the first token of a fresh request arrives; the request is then abandoned."""
+    started = time.monotonic()
+    with httpx.stream("POST", url + "/chat", json={"message": "Say hi."}, timeout=60) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {\"token\""):
+                return time.monotonic() - started
+    raise AssertionError("no token arrived")
+
+
+def read_tokens_then_leave(url: str, path: str, count: int, **kwargs) -> None:
+    with httpx.stream("POST", url + path, timeout=60, **kwargs) as response:
+        seen = 0
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                seen += 1
+                if seen > count:
+                    return  # leaving the block closes the connection mid-stream
+
+
+def test_disconnect_frees_the_model_for_the_next_request(long_local_server) -> None:
+    # The abandoned reply would run on for 2,000 tokens (~20 s) if the disconnect were not acted on.
+    read_tokens_then_leave(long_local_server.url, "/chat", 3, json={"message": LONG})
+    waited = first_token_seconds(long_local_server.url)
+    assert waited < 5, f"the next request waited {waited:.1f}s behind an abandoned generation"
+
+
+def test_disconnect_on_a_raw_variant_frees_the_model(long_local_server) -> None:
+    read_tokens_then_leave(long_local_server.url, "/chat-token", 3, params={"message": LONG})
+    assert first_token_seconds(long_local_server.url) < 5
+
+
+def test_timeout_stops_the_model(long_local_server) -> None:
+    response = httpx.post(long_local_server.url + "/chat", json={"message": LONG, "timeout": 1}, timeout=60)
+    events = parse_sse(response.text)
+    assert events[-1].json() == {"error": "Timeout after 1s", "type": "timeout"}
+    assert first_token_seconds(long_local_server.url) < 5
+
+
+def test_disconnect_closes_the_upstream_stream(long_openai_server) -> None:
+    read_tokens_then_leave(long_openai_server.url, "/chat", 3, json={"message": LONG})
+    waited = first_token_seconds(long_openai_server.url)
+    assert waited < 5, f"the next request waited {waited:.1f}s: the upstream kept generating for a client that left"
