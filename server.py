@@ -39,7 +39,12 @@ for name, chain in chains.items():
     add_routes(app, chain, path=f"/{name}", playground_type="chat" if name == "conversation" else "default")
 app.include_router(chat_router(chains, settings))
 
-app.mount("/playground", StaticFiles(directory=Path(__file__).parent / "playground", html=True), name="playground")
+PLAYGROUND = Path(__file__).parent / "playground"
+for framework in ("react", "vue"):  # Vite builds (`make playground`); a notice page until they are built
+    built = PLAYGROUND / framework / "dist"
+    app.mount(f"/playground/{framework}", StaticFiles(directory=built if built.is_dir() else PLAYGROUND / "not-built",
+                                                      html=True), name=f"playground-{framework}")
+app.mount("/playground", StaticFiles(directory=PLAYGROUND, html=True), name="playground")
 
 
 @app.get("/health", tags=["meta"])
