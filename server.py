@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -11,7 +12,10 @@ from fastapi.staticfiles import StaticFiles
 from langserve import add_routes
 
 from chains.chat import CHAINS
+from chains.errors import install_error_handlers
+from chains.guards import ModelAdmission
 from chains.models import build_chat_model
+from chains.models.local import LlamaCppChatModel
 from chains.routes import chat_router
 from chains.settings import ConfigError, load_settings
 
@@ -27,12 +31,15 @@ app = FastAPI(
     description="LangChain chat chains streamed over HTTP: LangServe routes and typewriter front ends.",
 )
 # Pure ASGI middleware only: BaseHTTPMiddleware and GZip would break or buffer the streams.
+if isinstance(model, LlamaCppChatModel):  # the one provider with a bounded wait queue
+    app.add_middleware(ModelAdmission, saturated=model.saturated)
 app.add_middleware(
     CORSMiddleware,
     allow_origin_regex=settings.cors_origin_regex,
     allow_methods=["*"],
     allow_headers=["*"],
 )
+install_error_handlers(app)
 
 chains = {name: make_chain(model) for name, make_chain in CHAINS.items()}
 for name, chain in chains.items():
@@ -48,9 +55,14 @@ app.mount("/playground", StaticFiles(directory=PLAYGROUND, html=True), name="pla
 
 
 @app.get("/health", tags=["meta"])
-def health() -> dict[str, object]:
-    """Provider, model and readiness; the model is loaded before the server accepts requests."""
-    return {"status": "ok", "ready": True, "provider": settings.provider, "model": settings.model_name}
+async def health() -> dict[str, object]:
+    """Provider, model and readiness (the model loads before the server accepts requests), plus load: the
+    local model's generations running or waiting, and this worker's asyncio tasks."""
+    report: dict[str, object] = {"status": "ok", "ready": True, "provider": settings.provider,
+                                 "model": settings.model_name, "tasks": len(asyncio.all_tasks())}
+    if isinstance(model, LlamaCppChatModel):
+        report["generations"] = model.pending
+    return report
 
 
 @app.get("/", include_in_schema=False)

@@ -18,7 +18,9 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel, Field
 
-ErrorType = Literal["generation_error", "timeout", "overloaded", "upstream_error", "rate_limited", "upstream_auth"]
+ErrorType = Literal[
+    "generation_error", "timeout", "overloaded", "upstream_error", "rate_limited", "upstream_auth", "shutdown"
+]
 
 
 class StartEvent(BaseModel):

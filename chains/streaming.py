@@ -13,19 +13,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import openai
+import anyio
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.outputs import LLMResult
 from langchain_core.runnables import Runnable
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.types import Send
 
-from chains.models.local import ModelOverloadedError
-from chains.protocol import DoneEvent, ErrorEvent, ErrorType, EventFormat, StartEvent, Usage
+from chains.errors import describe_failure
+from chains.protocol import DoneEvent, ErrorEvent, EventFormat, StartEvent, Usage
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +59,10 @@ class _ReplyMetadata(BaseCallbackHandler):
         self.finish_reason = message.response_metadata.get("finish_reason") or self.finish_reason
 
 
-def describe_failure(exc: BaseException) -> tuple[ErrorType, str]:
-    """A client-safe type and message: no traceback, no request headers, no key."""
-    match exc:
-        case ModelOverloadedError():
-            return "overloaded", str(exc)
-        case openai.APITimeoutError():
-            return "timeout", "the upstream model did not answer in time"
-        case openai.RateLimitError():
-            return "rate_limited", "the upstream model is rate limited (HTTP 429)"
-        case openai.AuthenticationError() | openai.PermissionDeniedError():
-            return "upstream_auth", f"the upstream model refused the credentials (HTTP {exc.status_code})"
-        case openai.APIStatusError():
-            return "upstream_error", f"the upstream model failed (HTTP {exc.status_code})"
-        case openai.APIConnectionError():
-            return "upstream_error", "cannot reach the upstream model"
-        case _:
-            return "generation_error", f"{type(exc).__name__}: {exc}"[:500]
+# Generations in flight in this process, so that a shutdown can end each stream with a terminal event.
+_live: weakref.WeakSet[_Generation] = weakref.WeakSet()
+SHUTDOWN = ErrorEvent(error="the server is shutting down; try again", type="shutdown")
+SHUTDOWN_GRACE_SECONDS = 5.0
 
 
 class _Generation:
@@ -88,7 +76,7 @@ class _Generation:
         self.wake = asyncio.Event()
         self.finished = False
         self.failure: Exception | None = None
-        self.timed_out: ErrorEvent | None = None
+        self.interrupted: ErrorEvent | None = None  # why it was stopped early: a timeout, the server's shutdown
         self.flush_due = False
         self.flush_after = options.flush_ms / 1000 if options.flush_ms and options.buffer_size > 1 else None
         self.flush_timer: asyncio.TimerHandle | None = None
@@ -129,12 +117,17 @@ class _Generation:
         if options.idle_timeout is not None:
             deadlines.append((self.last_token + options.idle_timeout, f"No token for {options.idle_timeout:g}s"))
         due, message = min(deadlines)
-        if now >= due and not self.finished:
-            self.timed_out = ErrorEvent(error=message, type="timeout")
-            self.producer.cancel()
-            self.wake.set()
+        if now >= due:
+            self.interrupt(ErrorEvent(error=message, type="timeout"))
         elif not self.finished:
             self.watchdog = self.loop.call_at(due, self._check_deadlines)
+
+    def interrupt(self, reason: ErrorEvent) -> None:
+        """End early with `reason` as the terminal event (unless the generation has finished already)."""
+        if not self.finished and self.interrupted is None:
+            self.interrupted = reason
+            self.producer.cancel()
+            self.wake.set()
 
     def take_ready(self) -> list[str]:
         """Tokens to send now: whole groups, or everything once finished or the flush time has come."""
@@ -165,6 +158,7 @@ async def token_events(chain: Runnable[Any, str], chain_input: Any, options: Str
     if head is not None:
         yield head
     generation = _Generation(chain, chain_input, options)
+    _live.add(generation)
     buffer_size = options.buffer_size
     sent: list[str] = []
     token_count = 0
@@ -172,9 +166,9 @@ async def token_events(chain: Runnable[Any, str], chain_input: Any, options: Str
         while not generation.finished or generation.pending:
             await generation.wake.wait()
             generation.wake.clear()
-            if generation.timed_out is not None:
+            if generation.interrupted is not None:
                 event_id += 1
-                yield fmt.error(event_id, generation.timed_out)
+                yield fmt.error(event_id, generation.interrupted)
                 return
             batch = generation.take_ready()
             # The hot path: one encode and one yield per event.
@@ -223,6 +217,14 @@ class TokenStreamResponse(EventSourceResponse):
             sep="\n",
             ping_message_factory=lambda: ServerSentEvent(comment="heartbeat", sep="\n"),
         )
+
+    async def listen_for_exit_signal(self) -> None:  # type: ignore[override]
+        # On SIGTERM (uvicorn's handler, patched by sse-starlette) end every stream with a terminal event and a
+        # clean close rather than cutting it; returning from here cancels whatever is still sending.
+        await EventSourceResponse.listen_for_exit_signal()
+        for generation in list(_live):
+            generation.interrupt(SHUTDOWN)
+        await anyio.sleep(SHUTDOWN_GRACE_SECONDS)
 
     async def stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})

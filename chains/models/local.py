@@ -102,6 +102,10 @@ class LlamaCppChatModel(BaseChatModel):
         """Generations running or waiting for the decode thread."""
         return self._pending
 
+    def saturated(self) -> bool:
+        """True while a new generation would be refused: one running and `queue_size` waiting."""
+        return self._pending > self.queue_size
+
     # -- the decode thread -------------------------------------------------------------------------------
 
     def _decode(self, messages: list[dict[str, str]], params: dict[str, Any], stop_flag: threading.Event,

@@ -1,0 +1,67 @@
+"""Failures, described for clients: a type naming the cause, a message without tracebacks or secrets, and the
+HTTP status the non-streaming endpoints answer with."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import httpx
+import openai
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from chains.models.local import ModelOverloadedError
+from chains.protocol import ErrorType
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: dict[ErrorType, int] = {
+    "generation_error": 500,
+    "upstream_error": 502,
+    "upstream_auth": 502,  # our credentials upstream are wrong: not the caller's fault, so not 401
+    "rate_limited": 429,
+    "overloaded": 503,
+    "timeout": 504,
+    "shutdown": 503,
+}
+RETRY_AFTER_SECONDS = 1
+
+
+def describe_failure(exc: BaseException) -> tuple[ErrorType, str]:
+    """A client-safe type and message: no traceback, no request headers, no key."""
+    match exc:
+        case ModelOverloadedError():
+            return "overloaded", str(exc)
+        case openai.APITimeoutError() | httpx.TimeoutException():
+            return "timeout", "the upstream model did not answer in time"
+        case openai.RateLimitError():
+            return "rate_limited", "the upstream model is rate limited (HTTP 429)"
+        case openai.AuthenticationError() | openai.PermissionDeniedError():
+            return "upstream_auth", f"the upstream model refused the credentials (HTTP {exc.status_code})"
+        case openai.APIStatusError():
+            return "upstream_error", f"the upstream model failed (HTTP {exc.status_code})"
+        case openai.APIConnectionError():
+            return "upstream_error", "cannot reach the upstream model"
+        case httpx.HTTPError():
+            return "upstream_error", "the upstream stream broke off"
+        case json.JSONDecodeError() | openai.APIResponseValidationError():
+            return "upstream_error", "the upstream model sent a malformed response"
+        case _:
+            return "generation_error", f"{type(exc).__name__}: {exc}"[:500]
+
+
+def failure_response(exc: BaseException) -> JSONResponse:
+    kind, message = describe_failure(exc)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if kind in ("overloaded", "rate_limited", "shutdown") else None
+    return JSONResponse({"error": message, "type": kind}, status_code=STATUS_OF[kind], headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Failures of non-streaming endpoints (LangServe's /invoke, /batch) as a status naming the cause."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("%s %s failed: %s", request.method, request.url.path, describe_failure(exc)[1])
+        return failure_response(exc)
+
+    app.add_exception_handler(Exception, handle)
