@@ -13,7 +13,7 @@ from langserve import add_routes
 
 from chains.chat import CHAINS
 from chains.errors import install_error_handlers
-from chains.guards import ModelAdmission
+from chains.guards import EndStreamsCleanly, ModelAdmission
 from chains.models import build_chat_model
 from chains.models.local import LlamaCppChatModel
 from chains.routes import chat_router
@@ -31,6 +31,7 @@ app = FastAPI(
     description="LangChain chat chains streamed over HTTP: LangServe routes and typewriter front ends.",
 )
 # Pure ASGI middleware only: BaseHTTPMiddleware and GZip would break or buffer the streams.
+app.add_middleware(EndStreamsCleanly)
 if isinstance(model, LlamaCppChatModel):  # the one provider with a bounded wait queue
     app.add_middleware(ModelAdmission, saturated=model.saturated)
 app.add_middleware(

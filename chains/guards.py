@@ -3,12 +3,15 @@ breaks disconnect detection on streams."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chains.errors import RETRY_AFTER_SECONDS
+
+log = logging.getLogger(__name__)
 
 _MODEL_ENDPOINTS = ("/invoke", "/batch", "/stream", "/stream_log", "/stream_events")
 
@@ -35,3 +38,32 @@ class ModelAdmission:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class EndStreamsCleanly:
+    """LangServe's stream endpoints send their `event: error` and then re-raise, which makes uvicorn cut the
+    connection mid-body. This ends such a response properly instead (the error is logged, not lost)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = {"started": False, "complete": False}
+
+        async def tracking_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                state["complete"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            if not state["started"] or state["complete"]:
+                raise
+            log.warning("%s failed after its response started; ending it cleanly", scope["path"], exc_info=True)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
