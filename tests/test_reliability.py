@@ -160,7 +160,9 @@ def test_a_hundred_faulty_requests_leak_nothing(upstream: LiveServer, server: Li
     assert first[0] <= before[0] and second[0] <= before[0], f"asyncio tasks {before[0]} → {first[0]} → {second[0]}"
     assert second[1] <= first[1] + 1, f"threads {before[1]} → {first[1]} → {second[1]}"
     assert second[1] <= before[1] + min(32, (os.cpu_count() or 1) + 4), f"threads {before[1]} → {second[1]}"
-    assert second[2] <= before[2] + 2, f"file descriptors {before[2]} → {first[2]} → {second[2]}"
+    # Pooled keep-alive connections to the upstream come and go (ten requests at a time); a leak would add one
+    # socket per faulty request, a hundred per round.
+    assert second[2] <= before[2] + 10, f"file descriptors {before[2]} → {first[2]} → {second[2]}"
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
 
 
