@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUNTIME := $(VENV)/.runtime-installed
 TESTDEPS := $(VENV)/.test-installed
 
-.PHONY: install run test bench chromium clean
+.PHONY: install run test bench chromium clean playground
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,27 @@ $(TESTDEPS): pyproject.toml $(RUNTIME)
 
 install: $(RUNTIME)
 
-run: $(RUNTIME)
+run: $(RUNTIME) $(if $(shell command -v npm),playground)
 	$(BIN)/uvicorn server:app --host $(HOST) --port $(PORT) --http chains.http_protocol:Utf8RequestLineProtocol
+
+# The React and Vue front ends (Vite builds in playground/*/dist, served at /playground/react/ and /playground/vue/).
+# `npm ci` only when the lock changes; a rebuild only when a source changes. `make run` builds them when npm exists
+# and otherwise serves a notice there; the plain page at /playground/ needs no build.
+NPM_STAMP := playground/node_modules/.npm-ci-stamp
+PLAYGROUND_SHARED := playground/package.json playground/sse-client.js playground/style.css
+playground_sources = $(shell find playground/$(1) -path playground/$(1)/dist -prune -o -type f -print)
+
+$(NPM_STAMP): playground/package.json playground/package-lock.json
+	cd playground && npm ci --no-audit --no-fund
+	touch $@
+
+playground/react/dist/index.html: $(NPM_STAMP) $(PLAYGROUND_SHARED) $(call playground_sources,react)
+	cd playground && npm run --silent build:react
+
+playground/vue/dist/index.html: $(NPM_STAMP) $(PLAYGROUND_SHARED) $(call playground_sources,vue)
+	cd playground && npm run --silent build:vue
+
+playground: playground/react/dist/index.html playground/vue/dist/index.html
 
 # Browser tests drive Debian's Chromium (Playwright cannot download its own browser here); the CJK fonts make
 # Chinese text readable in the screenshots.
@@ -40,8 +59,8 @@ chromium:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium fonts-noto-cjk; }
 
-test: $(TESTDEPS) chromium
+test: $(TESTDEPS) chromium playground
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache playground/node_modules playground/react/dist playground/vue/dist
