@@ -11,9 +11,13 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from langserve import add_routes
 
+from chains import limits
+from chains.auth import ApiKeyAuth, sign_in_router
 from chains.chat import CHAINS
 from chains.errors import install_error_handlers
-from chains.guards import EndStreamsCleanly, ModelAdmission
+from chains.guards import (
+    ALLOWED_CONFIG_KEYS, EndStreamsCleanly, ModelAdmission, RequestLimits, StreamsPerClient, check_langserve_request,
+)
 from chains.models import build_chat_model
 from chains.models.local import LlamaCppChatModel
 from chains.routes import chat_router
@@ -24,6 +28,7 @@ try:
     model = build_chat_model(settings)
 except ConfigError as exc:
     raise SystemExit(f"config error: {exc}") from None
+limits.configure(max_input_chars=settings.max_input_chars, max_messages=settings.max_messages)
 
 app = FastAPI(
     title="Token streaming",
@@ -31,20 +36,24 @@ app = FastAPI(
     description="LangChain chat chains streamed over HTTP: LangServe routes and typewriter front ends.",
 )
 # Pure ASGI middleware only: BaseHTTPMiddleware and GZip would break or buffer the streams.
-app.add_middleware(EndStreamsCleanly)
+# Each add_middleware wraps the ones before it: CORS is outermost, so even refusals carry its headers.
 if isinstance(model, LlamaCppChatModel):  # the one provider with a bounded wait queue
     app.add_middleware(ModelAdmission, saturated=model.saturated)
-app.add_middleware(
-    CORSMiddleware,
-    allow_origin_regex=settings.cors_origin_regex,
-    allow_methods=["*"],
-    allow_headers=["*"],
-)
+if settings.max_streams_per_client:
+    app.add_middleware(StreamsPerClient, limit=settings.max_streams_per_client)
+app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth)
+if settings.api_keys:
+    app.add_middleware(ApiKeyAuth, keys=settings.api_keys)
+    app.include_router(sign_in_router(settings.api_keys))
+app.add_middleware(EndStreamsCleanly)
+app.add_middleware(CORSMiddleware, allow_origin_regex=settings.cors_origin_regex, allow_methods=["*"],
+                   allow_headers=["*"], allow_credentials=True)
 install_error_handlers(app)
 
 chains = {name: make_chain(model) for name, make_chain in CHAINS.items()}
 for name, chain in chains.items():
-    add_routes(app, chain, path=f"/{name}", playground_type="chat" if name == "conversation" else "default")
+    add_routes(app, chain, path=f"/{name}", playground_type="chat" if name == "conversation" else "default",
+               config_keys=ALLOWED_CONFIG_KEYS, per_req_config_modifier=check_langserve_request)
 app.include_router(chat_router(chains, settings))
 
 PLAYGROUND = Path(__file__).parent / "playground"

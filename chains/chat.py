@@ -7,18 +7,23 @@ that is also what LangServe's chat playground needs to recognise the conversatio
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.runnables import Runnable, RunnableLambda
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from chains.limits import conversation_size, user_text, within_limit
 from chains.settings import DEFAULT_SYSTEM_PROMPT
 
 Role = Literal["user", "assistant", "system"]
+# What a user typed: not blank, at most MAX_INPUT_CHARS.
+UserText = Annotated[str, AfterValidator(user_text)]
+# Other text (a system prompt, a turn of history): at most MAX_INPUT_CHARS.
+BoundedText = Annotated[str, AfterValidator(within_limit)]
 # LangServe's chat playground and LangChain's message dicts say human/ai/system.
 _ROLE_OF_TYPE: dict[str, Role] = {
     "human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "system": "system",
@@ -31,7 +36,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Role = Field(description="user, assistant or system (also accepted as `type`: human, ai, system)")
-    content: str
+    content: BoundedText
 
     @model_validator(mode="before")
     @classmethod
@@ -58,8 +63,8 @@ class ChatMessage(BaseModel):
 class SystemPromptInput(BaseModel):
     """A message answered under a system prompt."""
 
-    message: str = Field(description="the user's message")
-    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="instructions for the assistant")
+    message: UserText = Field(description="the user's message")
+    system_prompt: BoundedText = Field(DEFAULT_SYSTEM_PROMPT, description="instructions for the assistant")
 
 
 class ConversationInput(BaseModel):
@@ -75,7 +80,21 @@ class ConversationInput(BaseModel):
     # Accepted and validated, but left out of the JSON schema on purpose: LangServe's chat playground only
     # renders for an input with a single list key (with two keys it would send the user's text as the
     # second key). The field is documented in `messages`' description above.
-    system_prompt: SkipJsonSchema[str | None] = None
+    system_prompt: SkipJsonSchema[BoundedText | None] = None
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> ConversationInput:
+        check_conversation(self.messages, self.system_prompt)
+        return self
+
+
+def check_conversation(messages: list[ChatMessage], system_prompt: str | None) -> None:
+    """At most MAX_MESSAGES turns and MAX_INPUT_CHARS in all, and something to answer."""
+    conversation_size(len(messages), sum(len(m.content) for m in messages) + len(system_prompt or ""))
+    if not messages:
+        raise ValueError("messages: give at least one turn")
+    if not any(m.content.strip() for m in messages if m.role == "user"):
+        raise ValueError("messages: no user turn has any text")
 
 
 def _single_turn_messages(message: str) -> list[BaseMessage]:
@@ -100,7 +119,7 @@ def _conversation_messages(conversation: dict[str, Any] | ConversationInput) -> 
 def single_turn_chain(model: BaseChatModel) -> Runnable[str, str]:
     """The user's message (a string) in, the assistant's text out."""
     chain = RunnableLambda(_single_turn_messages, name="single_turn_prompt") | model | StrOutputParser()
-    return chain.with_types(input_type=str, output_type=str)
+    return chain.with_types(input_type=UserText, output_type=str)
 
 
 def system_prompt_chain(model: BaseChatModel) -> Runnable[SystemPromptInput, str]:

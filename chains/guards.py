@@ -4,8 +4,12 @@ breaks disconnect detection on streams."""
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
+from fastapi import HTTPException, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,6 +25,113 @@ def runs_the_model(path: str) -> bool:
     return path.startswith("/chat") or path.rstrip("/").endswith(_MODEL_ENDPOINTS)
 
 
+def refuse(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "type": kind}, status_code=status, headers=headers)
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def json_depth(body: bytes) -> int:
+    """Deepest nesting of a JSON text, counted without parsing it (brackets inside strings do not count)."""
+    depth = deepest = 0
+    for match in _BRACKET.finditer(_JSON_STRING.sub(b'""', body)):
+        if match.group() in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+class RequestLimits:
+    """Bodies: at most `max_body_bytes`; to the model routes only JSON, valid UTF-8, at most `max_json_depth`
+    deep. Refused here with a 4xx naming the limit, before any route parses a byte (a deep body would make
+    Python's JSON parser raise RecursionError, invalid UTF-8 a UnicodeDecodeError)."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_json_depth: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        too_large = refuse(413, "body_too_large", f"the body is larger than MAX_BODY_BYTES={self.max_body_bytes}")
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            await too_large(scope, receive, send)
+            return
+        body = bytearray()
+        while True:  # read it all here, bounded, then hand it on
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                await too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        if body and runs_the_model(scope["path"]):
+            problem = self._json_problem(headers.get(b"content-type", b""), bytes(body))
+            if problem is not None:
+                await problem(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()  # then the real channel: the disconnect watch needs it
+
+        await self.app(scope, replay, send)
+
+    def _json_problem(self, content_type: bytes, body: bytes) -> JSONResponse | None:
+        if content_type.split(b";")[0].strip().lower() != b"application/json":
+            shown = content_type.decode("latin-1")[:100] or "none"
+            return refuse(415, "unsupported_media_type", f"Content-Type must be application/json (got {shown})")
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return refuse(400, "invalid_body", f"the body is not valid UTF-8 (byte {exc.start})")
+        if json_depth(body) > self.max_json_depth:
+            return refuse(400, "invalid_body", f"the JSON is nested deeper than MAX_JSON_DEPTH={self.max_json_depth}")
+        return None
+
+
+class StreamsPerClient:
+    """At most `limit` model requests in flight per client address; more get 429 + Retry-After."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight: Counter[str] = Counter()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not runs_the_model(scope["path"]) or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        client = scope["client"][0] if scope.get("client") else "unknown"
+        if self.in_flight[client] >= self.limit:
+            response = refuse(429, "too_many_streams", f"more than MAX_STREAMS_PER_CLIENT={self.limit} requests in "
+                              "flight from this client", {"Retry-After": str(RETRY_AFTER_SECONDS)})
+            await response(scope, receive, send)
+            return
+        self.in_flight[client] += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight[client] -= 1
+            if not self.in_flight[client]:
+                del self.in_flight[client]
+
+
 class ModelAdmission:
     """Refuses model requests with 503 + Retry-After while the local model's wait queue is full, before a
     stream is opened (a request that slips past between check and start gets an `overloaded` error event)."""
@@ -31,10 +142,8 @@ class ModelAdmission:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and runs_the_model(scope["path"]) and self.saturated():
-            response = JSONResponse(
-                {"error": "the local model is busy: its wait queue is full", "type": "overloaded"},
-                status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
+            response = refuse(503, "overloaded", "the local model is busy: its wait queue is full",
+                              {"Retry-After": str(RETRY_AFTER_SECONDS)})
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -67,3 +176,29 @@ class EndStreamsCleanly:
                 raise
             log.warning("%s failed after its response started; ending it cleanly", scope["path"], exc_info=True)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+# What a client may set through LangServe's `config`: labels for tracing, nothing that reaches the model. The
+# chains have no configurable fields either, so no model, URL or key can be swapped per request.
+ALLOWED_CONFIG_KEYS = ("tags", "metadata")  # LangServe sets run_name itself
+
+
+async def check_langserve_request(config: dict[str, Any], request: Request) -> dict[str, Any]:
+    """LangServe's per-request hook, used to refuse what LangServe itself would mishandle: config keys it would
+    drop silently, and a `/batch` whose `inputs` is not a list (a string would be batched letter by letter)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return config
+    if not isinstance(body, dict):
+        return config
+    if request.url.path.endswith("/batch") and not isinstance(body.get("inputs"), list):
+        raise HTTPException(422, "inputs: must be a list of inputs")
+    given = body.get("config")
+    for one in given if isinstance(given, list) else [given]:
+        if isinstance(one, dict):
+            unlisted = sorted(set(one) - set(ALLOWED_CONFIG_KEYS))
+            if unlisted:
+                raise HTTPException(422, f"config keys not allowed: {', '.join(unlisted)} "
+                                         f"(allowed: {', '.join(ALLOWED_CONFIG_KEYS)})")
+    return config

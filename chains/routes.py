@@ -17,15 +17,15 @@ from fastapi import APIRouter, Body, HTTPException, Query
 from langchain_core.runnables import Runnable
 from pydantic import BaseModel, Field, model_validator
 
-from chains.chat import ChatMessage
+from chains.chat import BoundedText, ChatMessage, UserText, check_conversation
 from chains.protocol import ErrorEvent, JsonEvents, RawText, StartEvent, TokenEvent
 from chains.settings import DEFAULT_SYSTEM_PROMPT, Settings
 from chains.streaming import StreamOptions, TokenStreamResponse, token_events
 
 JSON_EVENTS, RAW_TEXT = JsonEvents(), RawText()
 
-Message = Annotated[str, Field(min_length=1, description="the user's message")]
-SystemPrompt = Annotated[str, Field(description="instructions for the assistant")]
+Message = Annotated[UserText, Field(description="the user's message")]
+SystemPrompt = Annotated[BoundedText, Field(description="instructions for the assistant")]
 
 
 class StreamParams(BaseModel):
@@ -59,6 +59,8 @@ class ChatBody(StreamParams):
     def _one_of_message_or_messages(self) -> ChatBody:
         if (self.message is None) == (self.messages is None):
             raise ValueError("give exactly one of `message` or `messages`")
+        if self.messages is not None:
+            check_conversation(self.messages, self.system_prompt)
         return self
 
 
@@ -67,6 +69,11 @@ class ConversationRequest(BaseModel):
 
     messages: list[ChatMessage] = Field(min_length=1)
     system_prompt: SystemPrompt = DEFAULT_SYSTEM_PROMPT
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> ConversationRequest:
+        check_conversation(self.messages, self.system_prompt)
+        return self
 
 
 SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -127,7 +134,7 @@ def chat_router(chains: dict[str, Runnable[Any, str]], settings: Settings) -> AP
         return chat_stream(query.message, None, query.system_prompt, query)
 
     @router.post("/chat-token", responses=SSE_RESPONSES)
-    async def chat_token(message: Annotated[str, Query(min_length=1)]) -> TokenStreamResponse:
+    async def chat_token(message: Annotated[UserText, Query()]) -> TokenStreamResponse:
         """The tutorial's section 1: raw `data: <text>` per token."""
         return stream(single_turn, message, options(), raw=True)
 
@@ -138,13 +145,13 @@ def chat_router(chains: dict[str, Runnable[Any, str]], settings: Settings) -> AP
                       options(), raw=True)
 
     @router.post("/chat-buffered", responses=SSE_RESPONSES)
-    async def chat_buffered(message: Annotated[str, Query(min_length=1)],
+    async def chat_buffered(message: Annotated[UserText, Query()],
                             buffer_size: Annotated[int, Query(ge=1, le=1000)] = 3) -> TokenStreamResponse:
         """The tutorial's section 5.1: `buffer_size` tokens per `data:` event (flushed after `flush_ms` anyway)."""
         return stream(single_turn, message, options(buffer_size=buffer_size), raw=True)
 
     @router.post("/chat-timeout", responses=SSE_RESPONSES)
-    async def chat_timeout(message: Annotated[str, Query(min_length=1)],
+    async def chat_timeout(message: Annotated[UserText, Query()],
                            timeout: Annotated[float, Query(gt=0, le=3600)] = 30) -> TokenStreamResponse:
         """The tutorial's section 5.2: `event: error` / `data: Timeout after <timeout>s` when time runs out."""
         return stream(single_turn, message, options(timeout=timeout), raw=True)

@@ -68,12 +68,22 @@ class Settings(BaseSettings):
     stream_idle_timeout: float = Field(60.0, gt=0, le=3600, description="longest silence between tokens (s)")
     sse_heartbeat_seconds: float = Field(15.0, gt=0, description="comment heartbeat interval on idle streams")
 
+    # Limits on what one request may ask (see README, Security).
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body")
+    max_json_depth: int = Field(32, ge=4, le=1000, description="deepest nesting of a JSON body")
+    max_input_chars: int = Field(32_000, ge=1, description="characters in one message or a whole conversation")
+    max_messages: int = Field(100, ge=1, description="turns in one conversation")
+    max_streams_per_client: int = Field(32, ge=0, description="model requests in flight per client IP; 0: no limit")
+
+    # When set, every route but /health needs one of these keys (Bearer, X-API-Key, or the sign-in cookie).
+    api_keys: Annotated[list[SecretStr], NoDecode] = []
+
     # Browsers on these origins may call the API. `*` in a port or host matches anything there.
     cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:*", "http://127.0.0.1:*"]
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value

@@ -21,7 +21,8 @@ TOKENS = scripted_tokens(20)
 
 @pytest.fixture(scope="module")
 def paced_server() -> Iterator[LiveServer]:
-    live = start_app("load-server", CHAT_PROVIDER="fake", FAKE_REPLY_TOKENS="20", FAKE_TOKEN_DELAY_MS="50")
+    live = start_app("load-server", CHAT_PROVIDER="fake", FAKE_REPLY_TOKENS="20", FAKE_TOKEN_DELAY_MS="50",
+                     MAX_STREAMS_PER_CLIENT="0")  # every stream comes from 127.0.0.1
     yield live
     stop_process(live)
 
