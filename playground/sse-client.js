@@ -78,14 +78,18 @@ export function conversationFor(messages, text) {
   return [...turns, { role: 'user', content: text }];
 }
 
-function httpErrorMessage(status, statusText, body) {
+/** "HTTP 422 Unprocessable Entity: <why>" from a refusal: FastAPI's `{detail}` or the server's `{error, type}`. */
+function httpErrorMessage(response, body) {
   let detail = body.trim();
   try {
     const parsed = JSON.parse(body);
-    const d = parsed.detail ?? parsed;
-    detail = Array.isArray(d) ? d.map((x) => x.msg ?? JSON.stringify(x)).join('; ') : String(d.message ?? d);
+    const d = parsed.detail ?? parsed.error ?? parsed;
+    detail = Array.isArray(d) ? d.map((x) => x.msg ?? JSON.stringify(x)).join('; ')
+      : typeof d === 'string' ? d : JSON.stringify(d);
   } catch { /* not JSON: keep the text */ }
-  return `HTTP ${status}${statusText ? ' ' + statusText : ''}${detail ? ': ' + detail.slice(0, 300) : ''}`;
+  const retry = response.headers.get('Retry-After');
+  return `HTTP ${response.status}${response.statusText ? ' ' + response.statusText : ''}`
+    + (detail ? `: ${detail.slice(0, 300)}` : '') + (retry ? ` (try again in ${retry} s)` : '');
 }
 
 async function drain(reader, ms) {
@@ -122,8 +126,13 @@ export async function streamChat({ url = '/chat', body, signal, onStart, onToken
   }
   if (!response.ok) {
     const text = await response.text().catch(() => '');
+    return { status: 'error', kind: 'http', httpStatus: response.status, message: httpErrorMessage(response, text) };
+  }
+  const type = response.headers.get('Content-Type') || '';
+  if (!type.startsWith('text/event-stream')) {
+    response.body?.cancel().catch(() => {});
     return { status: 'error', kind: 'http', httpStatus: response.status,
-             message: httpErrorMessage(response.status, response.statusText, text) };
+             message: `HTTP ${response.status}: expected an event stream, got ${type || 'no content type'}` };
   }
   if (!response.body) {
     return { status: 'error', kind: 'network', message: 'The response has no body to stream' };
