@@ -1,0 +1,170 @@
+"""Drives one of the typewriter chats (plain, React, Vue) through the test hooks the three pages share.
+
+Hooks (data-testid): messages (the log), message (data-role user|assistant, data-status
+streaming|done|stopped|error), message-text (exactly the streamed text), cursor, stats (data-token-count),
+error (data-kind server|network|http), stopped, input, send, stop, system-prompt, clear.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from playwright.sync_api import Locator, Page, Request, Response, expect
+
+from tests.conftest import LiveServer
+from tests.sse import Event, parse_sse
+
+PAGES = {"plain": "/playground/", "react": "/playground/react/", "vue": "/playground/vue/"}
+
+# The text of the last assistant message after every DOM change of the log: the reply as it grows.
+RECORD_REPLY_STATES = """
+() => {
+  window.__replyStates = [];
+  const list = document.querySelector('[data-testid=messages]');
+  new MutationObserver(() => {
+    const texts = list.querySelectorAll('[data-testid=message][data-role=assistant] [data-testid=message-text]');
+    if (!texts.length) return;
+    const text = texts[texts.length - 1].textContent;
+    const states = window.__replyStates;
+    if (states[states.length - 1] !== text) states.push(text);
+  }).observe(list, {subtree: true, childList: true, characterData: true});
+}
+"""
+
+REPLY_ENDED = """
+(n) => {
+  const replies = document.querySelectorAll('[data-testid=message][data-role=assistant]');
+  return replies.length >= n && replies[n - 1].dataset.status !== 'streaming';
+}
+"""
+
+
+def body_text(response: Response) -> str:
+    """The response body as text. DevTools decodes a text body whose type names no charset as windows-1252 (the
+    web's "latin1", where the bytes cp1252 leaves undefined map to U+0080-U+009F) and Playwright hands that over
+    as UTF-8; an event stream is UTF-8 by definition, so this undoes it."""
+    text = response.body().decode("utf-8")
+    if "charset" in response.headers.get("content-type", ""):
+        return text
+    try:
+        raw = bytes(ord(c) if ord(c) < 256 else c.encode("cp1252")[0] for c in text)
+        return raw.decode("utf-8")
+    except UnicodeError:  # it was not decoded that way after all
+        return text
+
+
+class Chat:
+    """A front end open in `page`, with every request it made and every response it got recorded."""
+
+    def __init__(self, page: Page, server: LiveServer, path: str) -> None:
+        self.page, self.server, self.path = page, server, path
+        self.chat_url = server.url + "/chat"
+        self.requests: list[Request] = []
+        self.responses: list[Response] = []
+        self.failed: list[Request] = []
+        self.page_errors: list[str] = []
+        self.console_errors: list[str] = []
+        page.set_default_timeout(15_000)
+        page.on("request", lambda request: self.requests.append(request))
+        page.on("response", lambda response: self.responses.append(response))
+        page.on("requestfailed", lambda request: self.failed.append(request))
+        page.on("pageerror", lambda error: self.page_errors.append(str(error)))
+        page.on("console", lambda m: self.console_errors.append(m.text) if m.type in ("error", "warning") else None)
+
+    def open(self) -> Chat:
+        self.page.goto(self.server.url + self.path)
+        expect(self.input).to_be_enabled()
+        expect(self.system_prompt).to_be_enabled()
+        self.page.evaluate(RECORD_REPLY_STATES)
+        return self
+
+    # Elements
+    @property
+    def input(self) -> Locator:
+        return self.page.get_by_test_id("input")
+
+    @property
+    def send_button(self) -> Locator:
+        return self.page.get_by_test_id("send")
+
+    @property
+    def stop_button(self) -> Locator:
+        return self.page.get_by_test_id("stop")
+
+    @property
+    def system_prompt(self) -> Locator:
+        return self.page.get_by_test_id("system-prompt")
+
+    @property
+    def messages(self) -> Locator:
+        return self.page.locator("[data-testid=message]")
+
+    @property
+    def replies(self) -> Locator:
+        return self.page.locator("[data-testid=message][data-role=assistant]")
+
+    def reply(self, index: int = -1) -> Locator:
+        return self.replies.nth(index) if index >= 0 else self.replies.last
+
+    def reply_text(self, index: int = -1) -> str:
+        return self.reply(index).get_by_test_id("message-text").text_content() or ""
+
+    # Actions
+    def send(self, text: str) -> None:
+        self.input.fill(text)
+        self.input.press("Enter")
+
+    def wait_for_reply_end(self, n: int | None = None, timeout: float = 15_000) -> Locator:
+        """Until the n-th reply (default: the last one started) is no longer streaming."""
+        n = n or self.replies.count()
+        self.page.wait_for_function(REPLY_ENDED, arg=n, timeout=timeout)
+        return self.reply(n - 1)
+
+    def wait_for_reply_length(self, chars: int, timeout: float = 15_000) -> None:
+        self.page.wait_for_function(
+            """(chars) => { const t = document.querySelectorAll('[data-testid=message][data-role=assistant] '
+                                                           + '[data-testid=message-text]');
+                            return t.length && t[t.length - 1].textContent.length >= chars; }""",
+            arg=chars, timeout=timeout)
+
+    def exchange(self, text: str) -> dict[str, Any]:
+        """Send `text`, wait for the reply to end with `done`; the done payload the server sent."""
+        count = self.replies.count()
+        self.send(text)
+        reply = self.wait_for_reply_end(count + 1)
+        expect(reply).to_have_attribute("data-status", "done")
+        return self.done_event()
+
+    # What went over the wire
+    @property
+    def chat_requests(self) -> list[Request]:
+        return [r for r in self.requests if r.url.split("?")[0] == self.chat_url]
+
+    def chat_bodies(self) -> list[Any]:
+        return [r.post_data_json for r in self.chat_requests]
+
+    def events(self, index: int = -1) -> list[Event]:
+        """The SSE events of the index-th /chat response, read by the tests' own strict parser."""
+        response = [r for r in self.responses if r.url == self.chat_url][index]
+        assert response.finished() is None, "the /chat request did not complete"
+        return parse_sse(body_text(response))
+
+    def done_event(self, index: int = -1) -> dict[str, Any]:
+        events = self.events(index)
+        assert events[-1].event == "done", [e.event for e in events]
+        return events[-1].json()
+
+    def reply_states(self) -> list[str]:
+        return self.page.evaluate("window.__replyStates")
+
+    def active_testid(self) -> str | None:
+        return self.page.evaluate("document.activeElement && document.activeElement.dataset.testid || null")
+
+    def expect_idle(self) -> None:
+        """The UI has recovered: the box and Send usable, Stop not, no cursor left, the log not busy."""
+        expect(self.input).to_be_enabled()
+        expect(self.send_button).to_be_enabled()
+        expect(self.stop_button).to_be_disabled()
+        expect(self.system_prompt).to_be_enabled()
+        expect(self.page.get_by_test_id("cursor")).to_have_count(0)
+        expect(self.page.get_by_test_id("messages")).to_have_attribute("aria-busy", "false")
