@@ -16,7 +16,7 @@ from chains.auth import ApiKeyAuth, sign_in_router
 from chains.chat import CHAINS
 from chains.errors import install_error_handlers
 from chains.guards import (
-    ALLOWED_CONFIG_KEYS, EndStreamsCleanly, ModelAdmission, RequestLimits, StreamsPerClient, check_langserve_request,
+    ALLOWED_CONFIG_KEYS, EndStreamsCleanly, LangServeBodies, ModelAdmission, RequestLimits, StreamsPerClient, check_langserve_request,
 )
 from chains.models import build_chat_model
 from chains.models.local import LlamaCppChatModel
@@ -41,6 +41,7 @@ if isinstance(model, LlamaCppChatModel):  # the one provider with a bounded wait
     app.add_middleware(ModelAdmission, saturated=model.saturated)
 if settings.max_streams_per_client:
     app.add_middleware(StreamsPerClient, limit=settings.max_streams_per_client)
+app.add_middleware(LangServeBodies)
 app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth)
 if settings.api_keys:
     app.add_middleware(ApiKeyAuth, keys=settings.api_keys)

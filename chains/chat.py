@@ -43,11 +43,11 @@ class ChatMessage(BaseModel):
     def _accept_langchain_shapes(cls, value: Any) -> Any:
         if isinstance(value, BaseMessage):
             return {"role": _ROLE_OF_TYPE.get(value.type, value.type), "content": value.text}
-        if isinstance(value, dict) and "role" not in value and "type" in value:
-            kind = value["type"]
-            return {**value, "role": _ROLE_OF_TYPE.get(kind, kind)}
-        if isinstance(value, dict) and value.get("role") in _ROLE_OF_TYPE:
-            return {**value, "role": _ROLE_OF_TYPE[value["role"]]}
+        if not isinstance(value, dict):
+            return value
+        role = value.get("role", value.get("type"))
+        if isinstance(role, str):  # anything else is left for the field's own validation to refuse
+            return {**value, "role": _ROLE_OF_TYPE.get(role, role)}
         return value
 
     def to_langchain(self) -> BaseMessage:

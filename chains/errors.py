@@ -9,7 +9,11 @@ import logging
 import httpx
 import openai
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from pydantic import ValidationError
 
 from chains.models.local import ModelOverloadedError
 from chains.protocol import ErrorType
@@ -64,4 +68,26 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("%s %s failed: %s", request.method, request.url.path, describe_failure(exc)[1])
         return failure_response(exc)
 
+    async def invalid(request: Request, exc: Exception) -> JSONResponse:
+        # Every 422 in the shape FastAPI documents (`{"detail": [{"loc", "msg", "type"}]}`): LangServe raises
+        # some with bare strings as errors, and validates each /batch input only when it runs it.
+        assert isinstance(exc, (ValidationError, RequestValidationError))
+        errors = [
+            # LangServe validates `input` on its own: its errors come with an empty location.
+            {"loc": list(e.get("loc") or ["body", "input"]), "msg": str(e.get("msg", "")),
+             "type": str(e.get("type", "value_error"))}
+            if isinstance(e, dict) else {"loc": ["body"], "msg": str(e), "type": "value_error"}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 422 and isinstance(exc.detail, str):  # LangServe's, e.g. a batch config mismatch
+            return JSONResponse({"detail": [{"loc": ["body"], "msg": exc.detail, "type": "value_error"}]}, 422)
+        return await http_exception_handler(request, exc)
+
+    app.add_exception_handler(ValidationError, invalid)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, handle)

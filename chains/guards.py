@@ -3,13 +3,15 @@ breaks disconnect detection on streams."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import HTTPException, Request
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,6 +29,11 @@ def runs_the_model(path: str) -> bool:
 
 def refuse(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message, "type": kind}, status_code=status, headers=headers)
+
+
+def invalid(location: list[str], message: str) -> JSONResponse:
+    """A 422 in the shape FastAPI documents for every operation (`HTTPValidationError`)."""
+    return JSONResponse({"detail": [{"loc": location, "msg": message, "type": "value_error"}]}, status_code=422)
 
 
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
@@ -102,6 +109,56 @@ class RequestLimits:
             return refuse(400, "invalid_body", f"the body is not valid UTF-8 (byte {exc.start})")
         if json_depth(body) > self.max_json_depth:
             return refuse(400, "invalid_body", f"the JSON is nested deeper than MAX_JSON_DEPTH={self.max_json_depth}")
+        return None
+
+
+class LangServeBodies:
+    """Refuses, with a 422 naming the field, the body shapes that LangServe 0.3.3 turns into a 500: `config` or
+    `kwargs` that is not an object (`"config": null`), and a `/batch` whose `inputs` is not a list (a string
+    would even be batched letter by letter)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].rstrip("/").endswith(
+                _MODEL_ENDPOINTS):
+            await self.app(scope, receive, send)
+            return
+        message = await receive()  # RequestLimits has read the whole body already: one message
+        problem = self._problem(scope["path"], message.get("body", b""))
+        if problem is not None:
+            field, text = problem
+            await invalid(["body", *field], text)(scope, receive, send)
+            return
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return message
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    def _problem(path: str, body: bytes) -> tuple[list[str], str] | None:
+        try:
+            request = json.loads(body) if body else {}
+        except ValueError:
+            return [], "the body is not valid JSON"
+        if not isinstance(request, dict):
+            return [], "the body must be a JSON object"
+        batch = path.rstrip("/").endswith("/batch")
+        if batch and not isinstance(request.get("inputs"), list):
+            return ["inputs"], "inputs: must be a list of inputs"
+        config = request.get("config", {})
+        configs = config if batch and isinstance(config, list) else [config]
+        if not all(isinstance(one, dict) for one in configs):
+            return ["config"], "config: must be an object" + (" or a list of objects" if batch else "")
+        if not isinstance(request.get("kwargs", {}), dict):
+            return ["kwargs"], "kwargs: must be an object"
         return None
 
 
@@ -184,21 +241,20 @@ ALLOWED_CONFIG_KEYS = ("tags", "metadata")  # LangServe sets run_name itself
 
 
 async def check_langserve_request(config: dict[str, Any], request: Request) -> dict[str, Any]:
-    """LangServe's per-request hook, used to refuse what LangServe itself would mishandle: config keys it would
-    drop silently, and a `/batch` whose `inputs` is not a list (a string would be batched letter by letter)."""
+    """LangServe's per-request hook: config keys it would drop silently get a 422 instead."""
     try:
         body = await request.json()
     except ValueError:
         return config
     if not isinstance(body, dict):
         return config
-    if request.url.path.endswith("/batch") and not isinstance(body.get("inputs"), list):
-        raise HTTPException(422, "inputs: must be a list of inputs")
     given = body.get("config")
     for one in given if isinstance(given, list) else [given]:
         if isinstance(one, dict):
             unlisted = sorted(set(one) - set(ALLOWED_CONFIG_KEYS))
             if unlisted:
-                raise HTTPException(422, f"config keys not allowed: {', '.join(unlisted)} "
-                                         f"(allowed: {', '.join(ALLOWED_CONFIG_KEYS)})")
+                raise RequestValidationError([{
+                    "loc": ["body", "config"], "type": "value_error",
+                    "msg": f"config keys not allowed: {', '.join(unlisted)} (allowed: {', '.join(ALLOWED_CONFIG_KEYS)})",
+                }])
     return config

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Query
+from fastapi import APIRouter, Body, Query
+from fastapi.exceptions import RequestValidationError
 from langchain_core.runnables import Runnable
 from pydantic import BaseModel, Field, model_validator
 
@@ -76,12 +77,21 @@ class ConversationRequest(BaseModel):
         return self
 
 
-SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "A `text/event-stream`.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    },
-}
+def sse_responses(events: list[str], data: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI for a `text/event-stream`: on OpenAPI 3.1 the schema describes one parsed event (as the 3.2
+    `itemSchema` does), its `data` a string."""
+    event_schema = {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"event": {"type": "string", "enum": events}, "id": {"type": "string"},
+                       "data": {"type": "string", **data}},
+    }
+    return {200: {"description": "A `text/event-stream` of the events below.",
+                  "content": {"text/event-stream": {"schema": event_schema}}}}
+
+
+JSON_SSE = sse_responses(["start", "message", "done", "error"], {"contentMediaType": "application/json"})
+RAW_SSE = sse_responses(["message", "done", "error"], {})
 CHAT_EVENTS_DOC = f"""Server-sent events, each with an `id:`:
 - `event: start` — `{StartEvent.model_json_schema()["properties"]}`
 - default event — `{TokenEvent.model_json_schema()["properties"]}` per token, or per group when buffering
@@ -117,40 +127,40 @@ def chat_router(chains: dict[str, Runnable[Any, str]], settings: Settings) -> AP
             return stream(conversation, {"messages": messages, "system_prompt": system_prompt_text}, options(params))
         return stream(system_prompt, {"message": message, "system_prompt": system_prompt_text}, options(params))
 
-    @router.get("/chat", responses=SSE_RESPONSES, description=CHAT_EVENTS_DOC)
+    @router.get("/chat", responses=JSON_SSE, description=CHAT_EVENTS_DOC)
     async def chat_get(query: Annotated[ChatQuery, Query()]) -> TokenStreamResponse:
         """Stream a reply, for a browser `EventSource` (which can only GET)."""
         return chat_stream(query.message, None, query.system_prompt, query)
 
-    @router.post("/chat", responses=SSE_RESPONSES, description=CHAT_EVENTS_DOC)
+    @router.post("/chat", responses=JSON_SSE, description=CHAT_EVENTS_DOC)
     async def chat_post(query: Annotated[ChatPostQuery, Query()],
                         body: Annotated[ChatBody | None, Body()] = None) -> TokenStreamResponse:
         """Stream a reply: the tutorial's `POST /chat?message=…&system_prompt=…`, or a JSON body."""
         if body is not None:
             return chat_stream(body.message, body.messages, body.system_prompt, body)
         if query.message is None:
-            raise HTTPException(422, [{"loc": ["query", "message"], "msg": "Field required: give `message` "
-                                       "in the query or a JSON body", "type": "missing"}])
+            raise RequestValidationError([{"loc": ["query", "message"], "msg": "Field required: give `message` "
+                                           "in the query or a JSON body", "type": "missing"}])
         return chat_stream(query.message, None, query.system_prompt, query)
 
-    @router.post("/chat-token", responses=SSE_RESPONSES)
+    @router.post("/chat-token", responses=RAW_SSE)
     async def chat_token(message: Annotated[UserText, Query()]) -> TokenStreamResponse:
         """The tutorial's section 1: raw `data: <text>` per token."""
         return stream(single_turn, message, options(), raw=True)
 
-    @router.post("/chat-conversation", responses=SSE_RESPONSES)
+    @router.post("/chat-conversation", responses=RAW_SSE)
     async def chat_conversation(request: ConversationRequest) -> TokenStreamResponse:
         """The tutorial's section 3: a conversation, raw `data:` text, then `event: done` / `data: Completed`."""
         return stream(conversation, {"messages": request.messages, "system_prompt": request.system_prompt},
                       options(), raw=True)
 
-    @router.post("/chat-buffered", responses=SSE_RESPONSES)
+    @router.post("/chat-buffered", responses=RAW_SSE)
     async def chat_buffered(message: Annotated[UserText, Query()],
                             buffer_size: Annotated[int, Query(ge=1, le=1000)] = 3) -> TokenStreamResponse:
         """The tutorial's section 5.1: `buffer_size` tokens per `data:` event (flushed after `flush_ms` anyway)."""
         return stream(single_turn, message, options(buffer_size=buffer_size), raw=True)
 
-    @router.post("/chat-timeout", responses=SSE_RESPONSES)
+    @router.post("/chat-timeout", responses=RAW_SSE)
     async def chat_timeout(message: Annotated[UserText, Query()],
                            timeout: Annotated[float, Query(gt=0, le=3600)] = 30) -> TokenStreamResponse:
         """The tutorial's section 5.2: `event: error` / `data: Timeout after <timeout>s` when time runs out."""

@@ -285,3 +285,23 @@ def test_cors_on_a_refusal_lets_the_browser_read_it(limited_server: LiveServer) 
     assert response.headers["access-control-allow-origin"] == "http://localhost:5173"
 
 
+
+
+# --- schemathesis over the whole OpenAPI document -------------------------------------------------------------
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(fake_server: LiveServer, tmp_path) -> None:
+    """Every operation in /openapi.json, property-based: bounded examples, a fixed seed (reproducible in CI)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = Path(sys.executable).parent / "schemathesis"
+    result = subprocess.run(
+        [str(cli), "run", f"{fake_server.url}/openapi.json", "--max-examples", "20", "--seed", "20261125",
+         "--checks", "not_a_server_error,response_schema_conformance", "--no-color"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    summary = result.stdout[-3000:]
+    assert result.returncode == 0, summary
+    assert "Selected: " in result.stdout and " passed" in summary
+    assert "Server error" not in result.stdout and "violates schema" not in result.stdout
