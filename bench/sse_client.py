@@ -36,9 +36,13 @@ class StreamResult:
     def data_events(self) -> list[SSEEvent]:
         return [e for e in self.events if e.event == "message"]
 
+    def token_events(self) -> list[SSEEvent]:
+        """Token events: ours and the tutorial's are unnamed (`message`), LangServe's are `event: data`."""
+        return [e for e in self.events if e.event in ("message", "data")]
+
     def gaps(self) -> list[float]:
         """Seconds between consecutive token events."""
-        times = [e.at for e in self.data_events()]
+        times = [e.at for e in self.token_events()]
         return [b - a for a, b in zip(times, times[1:])]
 
 
@@ -127,7 +131,7 @@ async def sse_request(host: str, port: int, method: str, path: str, body: Any = 
                 now = time.perf_counter()
                 decoded = decoder.feed(data) if decoder else data
                 if is_sse:
-                    pending += decoded
+                    pending = (pending + decoded).replace(b"\r\n", b"\n")  # sse-starlette's default is CRLF
                     while b"\n\n" in pending:
                         block, pending = pending.split(b"\n\n", 1)
                         event = _parse_event(block, now)

@@ -6,13 +6,15 @@ that is also what LangServe's chat playground needs to recognise the conversatio
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
-from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, ensure_config
+from langsmith.utils import tracing_is_enabled
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
@@ -116,25 +118,93 @@ def _conversation_messages(conversation: dict[str, Any] | ConversationInput) -> 
     return turns
 
 
-def single_turn_chain(model: BaseChatModel) -> Runnable[str, str]:
+class ChatChain(Runnable[Any, str]):
+    """`prompt | model | StrOutputParser()` as an LCEL sequence, with a direct streaming path.
+
+    Streamed through LangChain's runnable machinery, every token costs tens of microseconds: callback managers,
+    chunk copies and accumulation in each of the sequence's three steps. When nobody listens (no callbacks, no
+    tracing: `/chat`, `RemoteRunnable.astream` without events), `astream` and `astream_messages` take the
+    model's own token generator instead, which yields the same tokens. With callbacks (LangServe's
+    `/stream_log`, `/stream_events`, its `/stream`, a tracer) everything runs through the sequence as usual.
+    """
+
+    def __init__(self, prompt: Callable[[Any], list[BaseMessage]], model: BaseChatModel, input_type: Any,
+                 name: str) -> None:
+        self.prompt = prompt
+        self.model = model
+        self.name = name
+        self.sequence = (RunnableLambda(prompt, name=f"{name}_prompt") | model | StrOutputParser()).with_types(
+            input_type=input_type, output_type=str)
+
+    @property
+    def InputType(self) -> Any:  # noqa: N802 - LangChain's name
+        return self.sequence.InputType
+
+    @property
+    def OutputType(self) -> type[str]:  # noqa: N802 - LangChain's name
+        return str
+
+    def get_input_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
+        return self.sequence.get_input_schema(config)
+
+    def get_output_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
+        return self.sequence.get_output_schema(config)
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> str:
+        return self.sequence.invoke(input, config, **kwargs)
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> str:
+        return await self.sequence.ainvoke(input, config, **kwargs)
+
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[str]:
+        yield from self.sequence.stream(input, config, **kwargs)
+
+    async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[str]:
+        if _observed(config):
+            async with aclosing(self.sequence.astream(input, config, **kwargs)) as texts:
+                async for text in texts:
+                    yield text
+            return
+        async with aclosing(self.astream_messages(input, config)) as chunks:
+            async for chunk in chunks:
+                if chunk.content:
+                    yield chunk.text
+
+    async def astream_messages(self, input: Any, config: RunnableConfig | None = None
+                               ) -> AsyncIterator[AIMessageChunk]:
+        """The model's chunks for this input: text, and on the last ones usage and finish reason."""
+        messages = self.prompt(input)
+        if _observed(config):
+            async with aclosing(self.model.astream(messages, config)) as observed:
+                async for chunk in observed:
+                    yield chunk  # type: ignore[misc]
+            return
+        async with aclosing(self.model._astream(messages)) as generations:
+            async for generation in generations:
+                yield generation.message  # type: ignore[misc]
+
+
+def _observed(config: RunnableConfig | None) -> bool:
+    """Whether anything listens to this run: callbacks in the config (or inherited), or tracing."""
+    return bool(ensure_config(config).get("callbacks")) or bool(tracing_is_enabled())
+
+
+def single_turn_chain(model: BaseChatModel) -> ChatChain:
     """The user's message (a string) in, the assistant's text out."""
-    chain = RunnableLambda(_single_turn_messages, name="single_turn_prompt") | model | StrOutputParser()
-    return chain.with_types(input_type=UserText, output_type=str)
+    return ChatChain(_single_turn_messages, model, UserText, "single_turn")
 
 
-def system_prompt_chain(model: BaseChatModel) -> Runnable[SystemPromptInput, str]:
+def system_prompt_chain(model: BaseChatModel) -> ChatChain:
     """`{message, system_prompt}` in, the assistant's text out."""
-    chain = RunnableLambda(_system_prompt_messages, name="system_prompt_prompt") | model | StrOutputParser()
-    return chain.with_types(input_type=SystemPromptInput, output_type=str)
+    return ChatChain(_system_prompt_messages, model, SystemPromptInput, "system_prompt")
 
 
-def conversation_chain(model: BaseChatModel) -> Runnable[ConversationInput, str]:
+def conversation_chain(model: BaseChatModel) -> ChatChain:
     """`{messages, system_prompt?}` in, the assistant's next turn (text) out."""
-    chain = RunnableLambda(_conversation_messages, name="conversation_prompt") | model | StrOutputParser()
-    return chain.with_types(input_type=ConversationInput, output_type=str)
+    return ChatChain(_conversation_messages, model, ConversationInput, "conversation")
 
 
-ChainFactory = Callable[[BaseChatModel], Runnable[Any, str]]
+ChainFactory = Callable[[BaseChatModel], ChatChain]
 
 # Mount path → factory. The order is the order of the routes in /docs.
 CHAINS: dict[str, ChainFactory] = {

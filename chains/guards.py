@@ -235,9 +235,13 @@ class EndStreamsCleanly:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-# What a client may set through LangServe's `config`: labels for tracing, nothing that reaches the model. The
-# chains have no configurable fields either, so no model, URL or key can be swapped per request.
-ALLOWED_CONFIG_KEYS = ("tags", "metadata")  # LangServe sets run_name itself
+# What a client may send in LangServe's `config` without a 422: labels for tracing (accepted, then dropped:
+# routes are mounted with `config_keys=()`, so nothing in `config` reaches a run). The chains have no
+# configurable fields either, so no model, URL or key can be swapped per request.
+ALLOWED_CONFIG_KEYS = ("tags", "metadata")
+# What RemoteRunnable sends by default (LangChain's config defaults): sending these changes nothing.
+_CONFIG_DEFAULTS: dict[str, Any] = {"configurable": {}, "recursion_limit": 25, "callbacks": None,
+                                    "max_concurrency": None}
 
 
 async def check_langserve_request(config: dict[str, Any], request: Request) -> dict[str, Any]:
@@ -251,7 +255,8 @@ async def check_langserve_request(config: dict[str, Any], request: Request) -> d
     given = body.get("config")
     for one in given if isinstance(given, list) else [given]:
         if isinstance(one, dict):
-            unlisted = sorted(set(one) - set(ALLOWED_CONFIG_KEYS))
+            unlisted = sorted(key for key, value in one.items()
+                              if key not in ALLOWED_CONFIG_KEYS and _CONFIG_DEFAULTS.get(key, ...) != value)
             if unlisted:
                 raise RequestValidationError([{
                     "loc": ["body", "config"], "type": "value_error",

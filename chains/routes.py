@@ -15,10 +15,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query
 from fastapi.exceptions import RequestValidationError
-from langchain_core.runnables import Runnable
 from pydantic import BaseModel, Field, model_validator
 
-from chains.chat import BoundedText, ChatMessage, UserText, check_conversation
+from chains.chat import BoundedText, ChatChain, ChatMessage, UserText, check_conversation
 from chains.protocol import ErrorEvent, JsonEvents, RawText, StartEvent, TokenEvent
 from chains.settings import DEFAULT_SYSTEM_PROMPT, Settings
 from chains.streaming import StreamOptions, TokenStreamResponse, token_events
@@ -102,7 +101,7 @@ Concatenating the tokens gives exactly `full_response`. A `: heartbeat` comment 
 """
 
 
-def chat_router(chains: dict[str, Runnable[Any, str]], settings: Settings) -> APIRouter:
+def chat_router(chains: dict[str, ChatChain], settings: Settings) -> APIRouter:
     """The `/chat` routes over the chains LangServe mounts (one path to the model)."""
     router = APIRouter(tags=["token stream"])
     single_turn, system_prompt, conversation = chains["single-turn"], chains["system-prompt"], chains["conversation"]
@@ -116,7 +115,7 @@ def chat_router(chains: dict[str, Runnable[Any, str]], settings: Settings) -> AP
         given = params.model_dump(include=set(StreamParams.model_fields), exclude_none=True) if params else {}
         return StreamOptions(**{**defaults, **given})
 
-    def stream(chain: Runnable[Any, str], chain_input: Any, options: StreamOptions, raw: bool = False
+    def stream(chain: ChatChain, chain_input: Any, options: StreamOptions, raw: bool = False
                ) -> TokenStreamResponse:
         events = token_events(chain, chain_input, options, RAW_TEXT if raw else JSON_EVENTS)
         return TokenStreamResponse(events, settings.sse_heartbeat_seconds)

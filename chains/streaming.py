@@ -1,6 +1,7 @@
 """The one streaming core behind every custom SSE route: chain → buffer → timeouts → encoded events.
 
-A producer task iterates `chain.astream` and appends each token to a list; the response's generator wakes when a
+A producer task iterates the chain's message chunks (`ChatChain.astream_messages`: the model's own token stream
+when nothing else listens) and appends each token to a list; the response's generator wakes when a
 group is ready (`buffer_size` tokens), when the oldest waiting token has waited `flush_ms`, or at the end, and
 encodes each event once. Timeouts cost nothing per token: a single timer re-arms itself from the time of the
 last token and cancels the producer only when a deadline has really passed. When the client goes away,
@@ -15,16 +16,16 @@ import logging
 import time
 import weakref
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.outputs import LLMResult
-from langchain_core.runnables import Runnable
+from langchain_core.messages import AIMessageChunk
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.types import Send
 
+from chains.chat import ChatChain
 from chains.errors import describe_failure
 from chains.protocol import DoneEvent, ErrorEvent, EventFormat, StartEvent, Usage
 
@@ -39,26 +40,6 @@ class StreamOptions:
     idle_timeout: float | None = None
 
 
-class _ReplyMetadata(BaseCallbackHandler):
-    """Catches the model's usage and finish reason, which the chain's text output no longer carries."""
-
-    run_inline = True  # a sync handler not run inline would cost an executor hop per token
-
-    def __init__(self) -> None:
-        self.usage: Usage | None = None
-        self.finish_reason: str | None = None
-
-    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
-        message = getattr(response.generations[0][0], "message", None) if response.generations else None
-        if message is None:
-            return
-        usage = getattr(message, "usage_metadata", None)
-        if usage:
-            self.usage = Usage(prompt_tokens=usage["input_tokens"], completion_tokens=usage["output_tokens"],
-                               total_tokens=usage["total_tokens"])
-        self.finish_reason = message.response_metadata.get("finish_reason") or self.finish_reason
-
-
 # Generations in flight in this process, so that a shutdown can end each stream with a terminal event.
 _live: weakref.WeakSet[_Generation] = weakref.WeakSet()
 SHUTDOWN = ErrorEvent(error="the server is shutting down; try again", type="shutdown")
@@ -68,10 +49,11 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 class _Generation:
     """One generation in flight: the producer task, the tokens it has produced and not yet sent, the timers."""
 
-    def __init__(self, chain: Runnable[Any, str], chain_input: Any, options: StreamOptions) -> None:
+    def __init__(self, chain: ChatChain, chain_input: Any, options: StreamOptions) -> None:
         self.loop = asyncio.get_running_loop()
         self.options = options
-        self.metadata = _ReplyMetadata()
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
         self.pending: list[str] = []
         self.wake = asyncio.Event()
         self.finished = False
@@ -80,28 +62,39 @@ class _Generation:
         self.flush_due = False
         self.flush_after = options.flush_ms / 1000 if options.flush_ms and options.buffer_size > 1 else None
         self.flush_timer: asyncio.TimerHandle | None = None
-        self.began = self.last_token = self.loop.time()
+        self.began = self.last_token = self.loop.time()  # uvloop's clock: milliseconds, fine for deadlines
+        self.started = time.perf_counter()  # for the reported duration
         self.producer = self.loop.create_task(self._produce(chain, chain_input), name="token-producer")
         self.watchdog: asyncio.TimerHandle | None = None
         if options.timeout is not None or options.idle_timeout is not None:
             self._check_deadlines()
 
-    async def _produce(self, chain: Runnable[Any, str], chain_input: Any) -> None:
+    async def _produce(self, chain: ChatChain, chain_input: Any) -> None:
         pending, buffer_size, loop = self.pending, self.options.buffer_size, self.loop
         try:
-            async for text in chain.astream(chain_input, {"callbacks": [self.metadata]}):
-                if text:
-                    pending.append(text)
-                    self.last_token = loop.time()
-                    if len(pending) >= buffer_size:
-                        self.wake.set()
-                    elif self.flush_after is not None and self.flush_timer is None:
-                        self.flush_timer = loop.call_later(self.flush_after, self._flush_now)
+            async with aclosing(chain.astream_messages(chain_input)) as chunks:
+                async for chunk in chunks:
+                    if chunk.content:
+                        pending.append(chunk.text)
+                        self.last_token = loop.time()
+                        if len(pending) >= buffer_size:
+                            self.wake.set()
+                        elif self.flush_after is not None and self.flush_timer is None:
+                            self.flush_timer = loop.call_later(self.flush_after, self._flush_now)
+                    if chunk.response_metadata or chunk.usage_metadata:  # only on the last chunks
+                        self._note_metadata(chunk)
         except Exception as exc:  # noqa: BLE001 - becomes the stream's error event
             self.failure = exc
         finally:
             self.finished = True
             self.wake.set()
+
+    def _note_metadata(self, chunk: AIMessageChunk) -> None:
+        usage = chunk.usage_metadata
+        if usage:
+            self.usage = Usage(prompt_tokens=usage["input_tokens"], completion_tokens=usage["output_tokens"],
+                               total_tokens=usage["total_tokens"])
+        self.finish_reason = chunk.response_metadata.get("finish_reason") or self.finish_reason
 
     def _flush_now(self) -> None:
         self.flush_due = True
@@ -150,7 +143,7 @@ class _Generation:
                 timer.cancel()
 
 
-async def token_events(chain: Runnable[Any, str], chain_input: Any, options: StreamOptions,
+async def token_events(chain: ChatChain, chain_input: Any, options: StreamOptions,
                        fmt: EventFormat) -> AsyncIterator[bytes]:
     """Encoded SSE events for one generation: start, tokens (grouped by the options), then done or error."""
     event_id = 0
@@ -190,11 +183,11 @@ async def token_events(chain: Runnable[Any, str], chain_input: Any, options: Str
             log.warning("generation failed: %s", message)
             yield fmt.error(event_id, ErrorEvent(error=message, type=kind))
             return
-        duration = generation.loop.time() - generation.began
+        duration = time.perf_counter() - generation.started
         yield fmt.done(event_id, DoneEvent(
             full_response="".join(sent), token_count=token_count, duration=duration,
             tokens_per_second=token_count / duration if duration > 0 else 0.0,
-            usage=generation.metadata.usage, finish_reason=generation.metadata.finish_reason,
+            usage=generation.usage, finish_reason=generation.finish_reason,
         ))
     finally:
         # Normal end, timeout, or the client went away (this generator is cancelled or closed).

@@ -1,0 +1,88 @@
+"""Baselines served by uvicorn beside our app, measured in the same run.
+
+- `ceiling`: a bare Starlette `StreamingResponse` of pre-encoded SSE bytes — the most a stream can move here.
+  With BENCH_DELAY_MS it paces its events, the ceiling for the concurrency benchmark.
+- `tutorial`: the tutorial's `/chat` handler as written (json.dumps f-strings over `llm.astream`), over the same
+  scripted model our server runs with CHAT_PROVIDER=fake.
+
+Run: `uvicorn bench.apps:ceiling` or `uvicorn bench.apps:tutorial`, with BENCH_TOKENS and BENCH_DELAY_MS set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+from langchain_core.messages import HumanMessage, SystemMessage
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from chains.models.fake import ScriptedChatModel
+
+TOKENS = int(os.environ.get("BENCH_TOKENS", "5000"))
+DELAY = float(os.environ.get("BENCH_DELAY_MS", "0")) / 1000
+
+
+async def _ceiling_stream(request: Request) -> StreamingResponse:
+    events = [b'id: %d\ndata: {"token":"tok","token_count":%d}\n\n' % (i, i) for i in range(1, TOKENS + 1)]
+
+    async def body() -> AsyncIterator[bytes]:
+        for event in events:
+            if DELAY:
+                await asyncio.sleep(DELAY)
+            yield event
+
+    return StreamingResponse(body(), media_type="text/event-stream")
+
+
+async def _health(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+ceiling = Starlette(routes=[Route("/stream", _ceiling_stream, methods=["GET", "POST"]), Route("/health", _health)])
+
+# --- the tutorial's section 2 handler, verbatim but for the model ------------------------------------------------
+tutorial = FastAPI()
+llm = ScriptedChatModel(reply_tokens=TOKENS, token_delay_ms=DELAY * 1000)
+
+
+@tutorial.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@tutorial.post("/chat")
+async def chat(message: str, system_prompt: str = "你是一个有用的助手"):
+    """完整的 Token 流式聊天"""
+    async def generate():
+        try:
+            start_data = {"status": "started", "timestamp": time.time()}
+            yield f"event: start\ndata: {json.dumps(start_data)}\n\n"
+            messages = [SystemMessage(content=system_prompt), HumanMessage(content=message)]
+            full_response = ""
+            token_count = 0
+            start_time = time.time()
+            async for chunk in llm.astream(messages):
+                if chunk.content:
+                    full_response += chunk.content
+                    token_count += 1
+                    token_data = {"token": chunk.content, "token_count": token_count}
+                    yield f"data: {json.dumps(token_data)}\n\n"
+            duration = time.time() - start_time
+            done_data = {
+                "status": "completed", "full_response": full_response, "token_count": token_count,
+                "duration": duration, "tokens_per_second": token_count / duration if duration > 0 else 0,
+            }
+            yield f"event: done\ndata: {json.dumps(done_data)}\n\n"
+        except Exception as e:
+            error_data = {"error": str(e), "type": "generation_error"}
+            yield f"event: error\ndata: {json.dumps(error_data)}\n\n"
+
+    return StreamingResponse(generate(), media_type="text/event-stream")
