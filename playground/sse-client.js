@@ -108,7 +108,8 @@ async function drain(reader, ms) {
  *   {status: 'error', kind: 'http', message, httpStatus} — the server refused the request (4xx/5xx)
  *   {status: 'error', kind: 'network', message}     — no response, or the connection dropped mid-stream
  *   {status: 'stopped'}                             — `signal` aborted (Stop); the server cancels the generation
- * After done or a server error the response body is cancelled, so the connection is closed either way.
+ * After done or a server error the body is read to its end (the server closes it) for at most a second, then
+ * cancelled: the connection is closed either way, and nothing reconnects.
  */
 export async function streamChat({ url = '/chat', body, signal, onStart, onToken }) {
   let response;
@@ -147,7 +148,8 @@ export async function streamChat({ url = '/chat', body, signal, onStart, onToken
     try {
       payload = JSON.parse(data);
     } catch {
-      outcome = { status: 'error', kind: 'network', message: `Unreadable event from the server: ${data.slice(0, 100)}` };
+      const message = `Unreadable event from the server: ${data.slice(0, 100)}`;
+      outcome = { status: 'error', kind: 'network', message };
       return;
     }
     if (event === 'message') onToken?.(payload.token, payload.token_count);
@@ -191,9 +193,9 @@ export function formatStats(done) {
   return parts.join(' · ');
 }
 
-/** The inline text of a failed reply: a server error and a connection problem read differently. */
+/** The inline text of a failed reply: a server error event, a refusal, a connection problem each read differently. */
 export const ERROR_LABELS = {
-  server: 'The model failed',
+  server: 'Server error',
   http: 'Request refused',
   network: 'Connection problem',
 };

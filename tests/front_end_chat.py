@@ -127,11 +127,11 @@ class Chat:
                             return t.length && t[t.length - 1].textContent.length >= chars; }""",
             arg=chars, timeout=timeout)
 
-    def exchange(self, text: str) -> dict[str, Any]:
+    def exchange(self, text: str, timeout: float = 15_000) -> dict[str, Any]:
         """Send `text`, wait for the reply to end with `done`; the done payload the server sent."""
         count = self.replies.count()
         self.send(text)
-        reply = self.wait_for_reply_end(count + 1)
+        reply = self.wait_for_reply_end(count + 1, timeout)
         expect(reply).to_have_attribute("data-status", "done")
         return self.done_event()
 

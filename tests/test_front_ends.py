@@ -136,7 +136,7 @@ def test_second_turn_carries_the_first_and_the_system_prompt(fake_server, page: 
 
 def test_real_model_reply_matches_its_done_summary(local_server, page: Page, front_end: str) -> None:
     chat = Chat(page, local_server, front_end).open()
-    done = chat.exchange("用一句话介绍你自己")
+    done = chat.exchange("用一句话介绍你自己", timeout=60_000)  # generous: the CPU may be shared
     assert done["full_response"] and chat.reply_text() == done["full_response"]
     assert 0 < done["token_count"] <= 24
     expect(chat.reply().get_by_test_id("stats")).to_have_attribute("data-token-count", str(done["token_count"]))
@@ -191,11 +191,13 @@ def test_stop_cancels_the_generation_on_the_server(long_local_server, page: Page
     # next request would wait behind it.
     chat = Chat(page, long_local_server, front_end).open()
     chat.send(LONG_PROMPT)
-    chat.wait_for_reply_length(10, timeout=30_000)
+    chat.wait_for_reply_length(10, timeout=60_000)
     chat.stop_button.click()
     expect(chat.reply()).to_have_attribute("data-status", "stopped")
     waited = first_token_seconds(long_local_server.url)
-    assert waited < 5, f"the next request waited {waited:.1f}s behind the stopped generation"
+    # A cancelled generation frees the model at once (~0.5 s to the next first token); one left running would
+    # hold it for the rest of its 2,000 tokens. 8 s tells the two apart even on a busy machine.
+    assert waited < 8, f"the next request waited {waited:.1f}s behind the stopped generation"
 
 
 # --- errors --------------------------------------------------------------------------------------------------------
@@ -213,7 +215,7 @@ def test_server_error_is_shown_and_told_apart_from_connection_problems(failing_s
     server_error = events[-1].json()
     error = reply.get_by_test_id("error")
     expect(error).to_have_attribute("data-kind", "server")
-    expect(error).to_have_text(f"The model failed: {server_error['error']}")
+    expect(error).to_have_text(f"Server error: {server_error['error']}")
     assert "scripted failure after 3 tokens" in server_error["error"]
     assert chat.reply_text() == "".join(scripted_tokens(3))
     chat.expect_idle()
