@@ -177,6 +177,38 @@ def test_stop_ends_the_stream_early_and_the_ui_recovers(long_fake_server, page: 
     assert len(chat.chat_requests) == 2 and not chat.page_errors
 
 
+SCROLL_STATE = """() => { const log = document.querySelector('[data-testid=messages]');
+                           return {top: log.scrollTop, gap: log.scrollHeight - log.scrollTop - log.clientHeight}; }"""
+
+
+def test_log_follows_the_reply_unless_the_reader_scrolls_up(long_fake_server, browser: Browser,
+                                                            front_end: str) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 520})
+    try:
+        page = context.new_page()
+        chat = Chat(page, long_fake_server, front_end).open()
+        chat.send("a long one")
+        page.wait_for_function("""() => { const log = document.querySelector('[data-testid=messages]');
+                                          return log.scrollHeight > log.clientHeight + 150; }""")
+        page.wait_for_timeout(300)
+        assert page.evaluate(SCROLL_STATE)["gap"] < 40, "the log does not follow the growing reply"
+
+        page.evaluate("document.querySelector('[data-testid=messages]').scrollTop = 0")  # the reader scrolls up
+        length = len(chat.reply_text())
+        chat.wait_for_reply_length(length + 40)
+        assert page.evaluate(SCROLL_STATE)["top"] < 5, "the log was pulled back down while the reader scrolled up"
+
+        page.evaluate("""() => { const log = document.querySelector('[data-testid=messages]');
+                                 log.scrollTop = log.scrollHeight; }""")  # back at the end: following again
+        chat.wait_for_reply_length(len(chat.reply_text()) + 40)
+        page.wait_for_timeout(100)
+        assert page.evaluate(SCROLL_STATE)["gap"] < 40
+        chat.stop_button.click()
+        chat.expect_idle()
+    finally:
+        context.close()
+
+
 def first_token_seconds(url: str) -> float:
     started = time.monotonic()
     with httpx.stream("POST", url + "/chat", json={"message": "Say hi."}, timeout=60) as response:
