@@ -209,7 +209,6 @@ def b2(sizes: Sizes) -> dict[str, Any]:
             raw_once()
             http_once("chat", server.port)
             http_once("langserve", server.port)
-    del llama
     out: dict[str, Any] = {k: {"tokens_per_s": summary(v["tps"]), "ttft_ms": summary([t * 1000 for t in v["ttft"]])}
                            for k, v in measured.items()}
     for kind in ("chat", "langserve"):
@@ -334,7 +333,7 @@ def report(results: dict[str, Any], sizes: Sizes) -> str:
               f"{fmt(r2['chat_ttft_overhead_ms'], 1)} ms (goal ≤ 10) · `/conversation/stream` ÷ raw "
               f"{fmt(r2['langserve_vs_raw_tps'], 3)}, TTFT overhead {fmt(r2['langserve_ttft_overhead_ms'], 1)} ms", "",
               f"**B3 concurrency** — N streams × {sizes.b3_tokens} tokens at {1000 / sizes.b3_delay_ms:.0f} tokens/s "
-              "(ideal gap 50 ms)", "",
+              "(ideal gap {sizes.b3_delay_ms:.0f} ms)", "",
               "| N | stream | gap p50 (ms) | gap p99 (ms) | failures | server RSS (MB) |",
               "| --- | --- | --- | --- | --- | --- |"]
     for streams, by_name in r3.items():

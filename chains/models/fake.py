@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
-from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
-from langchain_core.messages import AIMessageChunk, BaseMessage
-from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGenerationChunk
+
+from chains.models.base import StreamedChatModel, final_chunk, token_chunk
 
 SCRIPT: tuple[str, ...] = ("Hello", ",", " world", "!", "\n", "你好", "，", "世界", " 🙂", "\r\n", "line", " two", ".")
 
@@ -28,7 +28,7 @@ class ScriptedFailure(RuntimeError):
     """The failure `fail_after` asks for."""
 
 
-class ScriptedChatModel(BaseChatModel):
+class ScriptedChatModel(StreamedChatModel):
     """Streams `reply_tokens` scripted tokens, `token_delay_ms` apart, whatever the prompt."""
 
     reply_tokens: int = 20
@@ -49,18 +49,7 @@ class ScriptedChatModel(BaseChatModel):
 
     def _final_chunk(self, messages: list[BaseMessage]) -> ChatGenerationChunk:
         prompt_tokens = sum(len(str(m.content).split()) for m in messages)
-        usage = {
-            "input_tokens": prompt_tokens,
-            "output_tokens": self.reply_tokens,
-            "total_tokens": prompt_tokens + self.reply_tokens,
-        }
-        message = AIMessageChunk(
-            content="",
-            usage_metadata=usage,  # type: ignore[arg-type]
-            response_metadata={"finish_reason": "stop", "model_name": "scripted"},
-            chunk_position="last",
-        )
-        return ChatGenerationChunk(message=message)
+        return final_chunk(prompt_tokens, self.reply_tokens, "stop", "scripted")
 
     def _stream(
         self,
@@ -74,7 +63,7 @@ class ScriptedChatModel(BaseChatModel):
             self._maybe_fail(i)
             if delay and i:
                 time.sleep(delay)
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=token))
+            chunk = token_chunk(token)
             if run_manager:
                 run_manager.on_llm_new_token(token, chunk=chunk)
             yield chunk
@@ -92,26 +81,8 @@ class ScriptedChatModel(BaseChatModel):
             self._maybe_fail(i)
             if delay and i:
                 await asyncio.sleep(delay)
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=token))
+            chunk = token_chunk(token)
             if run_manager:
                 await run_manager.on_llm_new_token(token, chunk=chunk)
             yield chunk
         yield self._final_chunk(messages)
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
-from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
-from langchain_core.messages import AIMessageChunk, BaseMessage
-from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGenerationChunk
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from pydantic import ConfigDict, PrivateAttr
+
+from chains.models.base import StreamedChatModel, final_chunk, token_chunk
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "chat": "user", "tool": "tool"}
 
@@ -47,7 +47,7 @@ class _Done:
         self.finish_reason = finish_reason
 
 
-class LlamaCppChatModel(BaseChatModel):
+class LlamaCppChatModel(StreamedChatModel):
     """A GGUF chat model decoded in-process, one generation at a time, cancellable between tokens."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -166,20 +166,8 @@ class LlamaCppChatModel(BaseChatModel):
 
     # -- LangChain interface ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _final_chunk(done: _Done, model_name: str) -> ChatGenerationChunk:
-        usage = {
-            "input_tokens": done.prompt_tokens,
-            "output_tokens": done.completion_tokens,
-            "total_tokens": done.prompt_tokens + done.completion_tokens,
-        }
-        message = AIMessageChunk(
-            content="",
-            usage_metadata=usage,  # type: ignore[arg-type]
-            response_metadata={"finish_reason": done.finish_reason, "model_name": model_name},
-            chunk_position="last",
-        )
-        return ChatGenerationChunk(message=message)
+    def _final(self, done: _Done) -> ChatGenerationChunk:
+        return final_chunk(done.prompt_tokens, done.completion_tokens, done.finish_reason, self.model_path.name)
 
     async def _astream(
         self,
@@ -200,12 +188,12 @@ class LlamaCppChatModel(BaseChatModel):
             while True:
                 item = await tokens.get()
                 if isinstance(item, str):
-                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
+                    chunk = token_chunk(item)
                     if run_manager:
                         await run_manager.on_llm_new_token(item, chunk=chunk)
                     yield chunk
                 elif isinstance(item, _Done):
-                    yield self._final_chunk(item, self.model_path.name)
+                    yield self._final(item)
                     return
                 else:
                     raise item  # type: ignore[misc]
@@ -227,32 +215,14 @@ class LlamaCppChatModel(BaseChatModel):
             while True:
                 item = tokens.get()
                 if isinstance(item, str):
-                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
+                    chunk = token_chunk(item)
                     if run_manager:
                         run_manager.on_llm_new_token(item, chunk=chunk)
                     yield chunk
                 elif isinstance(item, _Done):
-                    yield self._final_chunk(item, self.model_path.name)
+                    yield self._final(item)
                     return
                 else:
                     raise item  # type: ignore[misc]
         finally:
             stop_flag.set()
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
