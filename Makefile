@@ -59,9 +59,9 @@ playground: playground/react/dist/index.html playground/vue/dist/index.html
 # Chinese text readable in the screenshots; the tutorial's commands are run with curl; pgrep counts workers.
 chromium:
 	@command -v chromium >/dev/null && command -v curl >/dev/null && command -v pgrep >/dev/null && \
-	  [ -d /usr/share/fonts/opentype/noto ] || { \
+	  [ -d /usr/share/fonts/opentype/noto ] && [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || { \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
-	    --no-install-recommends chromium fonts-noto-cjk curl procps; }
+	    --no-install-recommends chromium fonts-noto-cjk fonts-noto-color-emoji curl procps; }
 
 test: $(TESTDEPS) chromium playground
 	$(BIN)/python -m pytest
