@@ -98,9 +98,22 @@ class _Chunked:
         return bytes(out)
 
 
+def _light_event(block: bytes, at: float) -> SSEEvent | None:
+    """Only whether a block is a token event, and when it came: for thousands of streams, no decoding."""
+    if block.startswith(b":"):
+        return None
+    named = b"\nevent: " in block or block.startswith(b"event: ")
+    if not named or b"event: data" in block:
+        return SSEEvent("message", "", None, at)
+    return SSEEvent("other", "", None, at)
+
+
 async def sse_request(host: str, port: int, method: str, path: str, body: Any = None,
-                      headers: dict[str, str] | None = None, timeout: float = 60.0) -> StreamResult:
-    """One request; reads the whole response (SSE events timestamped as they arrive)."""
+                      headers: dict[str, str] | None = None, timeout: float = 60.0,
+                      light: bool = False) -> StreamResult:
+    """One request; reads the whole response (SSE events timestamped as they arrive). `light`: token events
+    are only told apart and timed, not parsed (a load client for many streams)."""
+    parse = _light_event if light else _parse_event
     result = StreamResult(started=time.perf_counter())
     payload = json.dumps(body).encode() if body is not None else b""
     head = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close", "Accept: text/event-stream"]
@@ -134,7 +147,7 @@ async def sse_request(host: str, port: int, method: str, path: str, body: Any = 
                     pending = (pending + decoded).replace(b"\r\n", b"\n")  # sse-starlette's default is CRLF
                     while b"\n\n" in pending:
                         block, pending = pending.split(b"\n\n", 1)
-                        event = _parse_event(block, now)
+                        event = parse(block, now)
                         if event is not None:
                             result.events.append(event)
                 else:
