@@ -8,7 +8,6 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import RedirectResponse
-from fastapi.staticfiles import StaticFiles
 from langserve import add_routes
 
 from chains import limits
@@ -22,6 +21,7 @@ from chains.models import build_chat_model
 from chains.models.local import LlamaCppChatModel
 from chains.routes import chat_router
 from chains.settings import ConfigError, load_settings
+from chains.static import mount_playgrounds
 
 try:
     settings = load_settings()
@@ -57,12 +57,7 @@ for name, chain in chains.items():
                config_keys=(), per_req_config_modifier=check_langserve_request)
 app.include_router(chat_router(chains, settings))
 
-PLAYGROUND = Path(__file__).parent / "playground"
-for framework in ("react", "vue"):  # Vite builds (`make playground`); a notice page until they are built
-    built = PLAYGROUND / framework / "dist"
-    app.mount(f"/playground/{framework}", StaticFiles(directory=built if built.is_dir() else PLAYGROUND / "not-built",
-                                                      html=True), name=f"playground-{framework}")
-app.mount("/playground", StaticFiles(directory=PLAYGROUND, html=True), name="playground")
+mount_playgrounds(app, Path(__file__).parent / "playground")
 
 
 @app.get("/health", tags=["meta"])
