@@ -13,8 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from chains.settings import embedded_model_path
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -73,6 +75,17 @@ def start_process(args: list[str], env: dict[str, str], name: str, health_path: 
     url = f"http://127.0.0.1:{port}"
     _wait_until_up(url, process, log, health_path, seconds)
     return LiveServer(url, process, log)
+
+
+def first_token_seconds(url: str) -> float:
+    """Seconds until the first token of a fresh `/chat` request arrives; the request is then abandoned. On the
+    embedded model (one generation at a time) it tells whether an earlier generation still holds the model."""
+    started = time.monotonic()
+    with httpx.stream("POST", url + "/chat", json={"message": "Say hi."}, timeout=60) as response:
+        for line in response.iter_lines():
+            if line.startswith('data: {"token"'):
+                return time.monotonic() - started
+    raise AssertionError("no token arrived")
 
 
 def stop_process(server: LiveServer) -> None:
@@ -173,3 +186,21 @@ def long_openai_server(llama_openai_upstream: LiveServer) -> Iterator[LiveServer
     )
     yield server
     stop_process(server)
+
+
+# Module scope, not session: while sync Playwright runs, its event loop is the thread's running loop, which
+# would stop pytest-asyncio from running the async tests of other modules.
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context()
+    page = context.new_page()
+    yield page
+    context.close()

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import time
 
 import httpx
 
+from tests.conftest import first_token_seconds
 from tests.sse import parse_sse
 
 LONG = "Write a long story about a dragon who learns to bake bread. Make it at least 1000 words."
-
-
-def first_token_seconds(url: str) -> float:
-    """Seconds until the first token of a fresh request arrives; the request is then abandoned."""
-    started = time.monotonic()
-    with httpx.stream("POST", url + "/chat", json={"message": "Say hi."}, timeout=60) as response:
-        for line in response.iter_lines():
-            if line.startswith("data: {\"token\""):
-                return time.monotonic() - started
-    raise AssertionError("no token arrived")
 
 
 def read_tokens_then_leave(url: str, path: str, count: int, **kwargs) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from playwright.sync_api import Page
 
-from tests.browser import browser, page  # noqa: F401 - fixtures
 
 COLLECT = """
 async (query) => new Promise((resolve, reject) => {

@@ -8,7 +8,6 @@ its own, in the browser, at the end.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -17,8 +16,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from chains.models.fake import scripted_tokens
 from chains.settings import DEFAULT_SYSTEM_PROMPT
-from tests.browser import browser, page  # noqa: F401 - fixtures
-from tests.conftest import ARTIFACTS, ROOT, LiveServer, start_app, stop_process
+from tests.conftest import ARTIFACTS, ROOT, LiveServer, first_token_seconds, start_app, stop_process
 from tests.front_end_chat import PAGES, Chat
 
 FAKE_REPLY = "".join(scripted_tokens(20))  # fake_server's reply, whatever the prompt
@@ -207,15 +205,6 @@ def test_log_follows_the_reply_unless_the_reader_scrolls_up(long_fake_server, br
         chat.expect_idle()
     finally:
         context.close()
-
-
-def first_token_seconds(url: str) -> float:
-    started = time.monotonic()
-    with httpx.stream("POST", url + "/chat", json={"message": "Say hi."}, timeout=60) as response:
-        for line in response.iter_lines():
-            if line.startswith('data: {"token"'):
-                return time.monotonic() - started
-    raise AssertionError("no token arrived")
 
 
 def test_stop_cancels_the_generation_on_the_server(long_local_server, page: Page, front_end: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from playwright.sync_api import Page, expect
 
-from tests.browser import RECORD_TEXT_STATES, browser, page, squash  # noqa: F401 - fixtures
+from tests.browser import RECORD_TEXT_STATES, squash
 from tests.conftest import ARTIFACTS
 
 

@@ -12,7 +12,6 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from bench.sse_client import sse_request
-from tests.browser import browser, page  # noqa: F401 - fixtures
 from tests.conftest import LiveServer, start_app, stop_process
 
 KEYS = ("key-one-3f9a7c", "key-two-b81d44")
