@@ -15,7 +15,7 @@ from chains.auth import ApiKeyAuth, sign_in_router
 from chains.chat import CHAINS
 from chains.errors import install_error_handlers
 from chains.guards import (
-    EndStreamsCleanly, LangServeBodies, ModelAdmission, RequestLimits, StreamsPerClient, check_langserve_request,
+    EndStreamsCleanly, LangServeBodies, ModelAdmission, RequestLimits, StreamsPerClient,
 )
 from chains.models import build_chat_model
 from chains.models.local import LlamaCppChatModel
@@ -54,7 +54,7 @@ install_error_handlers(app)
 chains = {name: make_chain(model) for name, make_chain in CHAINS.items()}
 for name, chain in chains.items():
     add_routes(app, chain, path=f"/{name}", playground_type="chat" if name == "conversation" else "default",
-               config_keys=(), per_req_config_modifier=check_langserve_request)
+               config_keys=())  # nothing in a client's `config` reaches a run (chains.guards.LangServeBodies)
 app.include_router(chat_router(chains, settings))
 
 mount_playgrounds(app, Path(__file__).parent / "playground")

@@ -10,8 +10,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Request
-from fastapi.exceptions import RequestValidationError
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -112,10 +110,19 @@ class RequestLimits:
         return None
 
 
+# What a client may send in LangServe's `config` without a 422: labels for tracing (accepted, then dropped:
+# routes are mounted with `config_keys=()`, so nothing in `config` reaches a run). The chains have no
+# configurable fields either, so no model, URL or key can be swapped per request.
+ALLOWED_CONFIG_KEYS = ("tags", "metadata")
+# What RemoteRunnable sends by default (LangChain's config defaults): sending these changes nothing.
+_CONFIG_DEFAULTS: dict[str, Any] = {"configurable": {}, "recursion_limit": 25, "callbacks": None,
+                                    "max_concurrency": None}
+
+
 class LangServeBodies:
-    """Refuses, with a 422 naming the field, the body shapes that LangServe 0.3.3 turns into a 500: `config` or
-    `kwargs` that is not an object (`"config": null`), and a `/batch` whose `inputs` is not a list (a string
-    would even be batched letter by letter)."""
+    """Refuses, with a 422 naming the field, the body shapes that LangServe 0.3.3 turns into a 500 or quietly
+    mishandles: `config` or `kwargs` that is not an object (`"config": null`), a `/batch` whose `inputs` is not a
+    list (a string would be batched letter by letter), and `config` keys it would drop without a word."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -159,6 +166,12 @@ class LangServeBodies:
             return ["config"], "config: must be an object" + (" or a list of objects" if batch else "")
         if not isinstance(request.get("kwargs", {}), dict):
             return ["kwargs"], "kwargs: must be an object"
+        # LangServe would drop these silently (routes are mounted with config_keys=()): say so instead.
+        unlisted = sorted({key for one in configs for key, value in one.items()
+                           if key not in ALLOWED_CONFIG_KEYS and _CONFIG_DEFAULTS.get(key, ...) != value})
+        if unlisted:
+            return ["config"], (f"config keys not allowed: {', '.join(unlisted)} "
+                                f"(allowed: {', '.join(ALLOWED_CONFIG_KEYS)})")
         return None
 
 
@@ -233,33 +246,3 @@ class EndStreamsCleanly:
                 raise
             log.warning("%s failed after its response started; ending it cleanly", scope["path"], exc_info=True)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-# What a client may send in LangServe's `config` without a 422: labels for tracing (accepted, then dropped:
-# routes are mounted with `config_keys=()`, so nothing in `config` reaches a run). The chains have no
-# configurable fields either, so no model, URL or key can be swapped per request.
-ALLOWED_CONFIG_KEYS = ("tags", "metadata")
-# What RemoteRunnable sends by default (LangChain's config defaults): sending these changes nothing.
-_CONFIG_DEFAULTS: dict[str, Any] = {"configurable": {}, "recursion_limit": 25, "callbacks": None,
-                                    "max_concurrency": None}
-
-
-async def check_langserve_request(config: dict[str, Any], request: Request) -> dict[str, Any]:
-    """LangServe's per-request hook: config keys it would drop silently get a 422 instead."""
-    try:
-        body = await request.json()
-    except ValueError:
-        return config
-    if not isinstance(body, dict):
-        return config
-    given = body.get("config")
-    for one in given if isinstance(given, list) else [given]:
-        if isinstance(one, dict):
-            unlisted = sorted(key for key, value in one.items()
-                              if key not in ALLOWED_CONFIG_KEYS and _CONFIG_DEFAULTS.get(key, ...) != value)
-            if unlisted:
-                raise RequestValidationError([{
-                    "loc": ["body", "config"], "type": "value_error",
-                    "msg": f"config keys not allowed: {', '.join(unlisted)} (allowed: {', '.join(ALLOWED_CONFIG_KEYS)})",
-                }])
-    return config

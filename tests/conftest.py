@@ -165,25 +165,25 @@ def llama_openai_upstream(model_path: Path) -> Iterator[LiveServer]:
     stop_process(server)
 
 
+def start_openai_app(name: str, upstream: LiveServer, max_tokens: int) -> LiveServer:
+    """Our app with CHAT_PROVIDER=openai pointed at the real llama.cpp server."""
+    return start_app(name, CHAT_PROVIDER="openai", OPENAI_API_KEY="sk-test-not-a-real-key",
+                     OPENAI_BASE_URL=f"{upstream.url}/v1", OPENAI_MODEL="smollm2", MAX_TOKENS=str(max_tokens),
+                     TEMPERATURE="0")
+
+
 @pytest.fixture(scope="session")
 def openai_server(llama_openai_upstream: LiveServer) -> Iterator[LiveServer]:
-    """Our app with CHAT_PROVIDER=openai pointed at the real llama.cpp server."""
-    server = start_app(
-        "openai-server", CHAT_PROVIDER="openai", OPENAI_API_KEY="sk-test-not-a-real-key",
-        OPENAI_BASE_URL=f"{llama_openai_upstream.url}/v1", OPENAI_MODEL="smollm2", MAX_TOKENS="24", TEMPERATURE="0",
-    )
+    server = start_openai_app("openai-server", llama_openai_upstream, max_tokens=24)
     yield server
     stop_process(server)
 
 
 @pytest.fixture(scope="session")
 def long_openai_server(llama_openai_upstream: LiveServer) -> Iterator[LiveServer]:
-    """CHAT_PROVIDER=openai allowed long replies: the upstream serves one request at a time, so a reply it
-    keeps generating for a client that left makes the next request wait."""
-    server = start_app(
-        "long-openai-server", CHAT_PROVIDER="openai", OPENAI_API_KEY="sk-test-not-a-real-key",
-        OPENAI_BASE_URL=f"{llama_openai_upstream.url}/v1", OPENAI_MODEL="smollm2", MAX_TOKENS="2000", TEMPERATURE="0",
-    )
+    """Long replies: the upstream serves one request at a time, so a reply it keeps generating for a client
+    that left makes the next request wait."""
+    server = start_openai_app("long-openai-server", llama_openai_upstream, max_tokens=2000)
     yield server
     stop_process(server)
 
