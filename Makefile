@@ -63,7 +63,13 @@ chromium:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 	    --no-install-recommends chromium fonts-noto-cjk fonts-noto-color-emoji curl procps; }
 
-test: $(TESTDEPS) chromium playground
+# LangChain.js's RemoteRunnable (tests/js, pinned @langchain/core 0.3) for tests/test_remote_runnable_js.py.
+JS_CLIENT_STAMP := tests/js/node_modules/.npm-ci-stamp
+$(JS_CLIENT_STAMP): tests/js/package.json tests/js/package-lock.json
+	cd tests/js && npm ci --no-audit --no-fund
+	touch $@
+
+test: $(TESTDEPS) chromium playground $(JS_CLIENT_STAMP)
 	$(BIN)/python -m pytest
 
 # Benchmarks (bench/run.py): prints a markdown table, writes bench/results/latest.json; ~8 minutes on 2 cores.

@@ -110,13 +110,39 @@ class RequestLimits:
         return None
 
 
-# What a client may send in LangServe's `config` without a 422: labels for tracing (accepted, then dropped:
-# routes are mounted with `config_keys=()`, so nothing in `config` reaches a run). The chains have no
+# What a client may send in LangServe's `config` without a 422. Routes are mounted with `config_keys=()`, so
+# nothing in `config` reaches a run; these rules only decide what is accepted quietly and what is refused
+# with a word (rather than dropped while the client believes it took effect). The chains have no
 # configurable fields either, so no model, URL or key can be swapped per request.
-ALLOWED_CONFIG_KEYS = ("tags", "metadata")
-# What RemoteRunnable sends by default (LangChain's config defaults): sending these changes nothing.
-_CONFIG_DEFAULTS: dict[str, Any] = {"configurable": {}, "recursion_limit": 25, "callbacks": None,
-                                    "max_concurrency": None}
+# Labels for tracing, in Python's and LangChain.js's spelling: accepted (then dropped), if well-formed.
+CONFIG_LABELS: dict[str, tuple[type, str]] = {
+    "tags": (list, "a list of strings"), "metadata": (dict, "an object"),
+    "run_name": (str, "a string"), "runName": (str, "a string"),
+}
+# What LangServe's own clients fill in by default: Python's `RemoteRunnable` (langchain-core's ensure_config)
+# and LangChain.js 0.3's (`recursionLimit: 25`). Accepted at exactly these values, which change nothing;
+# any other value asks for something this server does not do, and is refused.
+CLIENT_DEFAULTS: dict[str, Any] = {
+    "configurable": {}, "recursion_limit": 25, "recursionLimit": 25, "callbacks": None,
+    "max_concurrency": None, "maxConcurrency": None,
+}
+_ACCEPTED_TEXT = ("accepted: tags, metadata, run_name; configurable, recursion_limit, callbacks and "
+                  "max_concurrency only at LangChain's client defaults")
+
+
+def config_problem(configs: list[dict[str, Any]]) -> str | None:
+    """Why these LangServe configs are refused, or None."""
+    for config in configs:
+        for key, (kind, described) in CONFIG_LABELS.items():
+            value = config.get(key)
+            if value is not None and (not isinstance(value, kind) or (
+                    key == "tags" and not all(isinstance(tag, str) for tag in value))):
+                return f"config: {key} must be {described}"
+    unlisted = sorted({key for config in configs for key, value in config.items()
+                       if key not in CONFIG_LABELS and (key not in CLIENT_DEFAULTS or CLIENT_DEFAULTS[key] != value)})
+    if unlisted:
+        return f"config keys not allowed: {', '.join(unlisted)} ({_ACCEPTED_TEXT})"
+    return None
 
 
 class LangServeBodies:
@@ -164,15 +190,13 @@ class LangServeBodies:
         configs = config if batch and isinstance(config, list) else [config]
         if not all(isinstance(one, dict) for one in configs):
             return ["config"], "config: must be an object" + (" or a list of objects" if batch else "")
-        if not isinstance(request.get("kwargs", {}), dict):
-            return ["kwargs"], "kwargs: must be an object"
-        # LangServe would drop these silently (routes are mounted with config_keys=()): say so instead.
-        unlisted = sorted({key for one in configs for key, value in one.items()
-                           if key not in ALLOWED_CONFIG_KEYS and _CONFIG_DEFAULTS.get(key, ...) != value})
-        if unlisted:
-            return ["config"], (f"config keys not allowed: {', '.join(unlisted)} "
-                                f"(allowed: {', '.join(ALLOWED_CONFIG_KEYS)})")
-        return None
+        # LangServe ignores `kwargs`; LangChain.js sends one object per input to /batch.
+        kwargs = request.get("kwargs", {})
+        if not (isinstance(kwargs, dict) or batch and isinstance(kwargs, list)
+                and all(isinstance(one, dict) for one in kwargs)):
+            return ["kwargs"], "kwargs: must be an object" + (" or a list of objects" if batch else "")
+        problem = config_problem(configs)
+        return None if problem is None else (["config"], problem)
 
 
 class StreamsPerClient:

@@ -237,6 +237,9 @@ ATTEMPTS = [
     {"recursion_limit": 1},
     {"max_concurrency": 1000},
     {"run_id": "00000000-0000-0000-0000-000000000000"},
+    {"recursionLimit": 1},  # LangChain.js spellings: only its defaults pass
+    {"maxConcurrency": 4},
+    {"configurable": {}, "recursion_limit": 25, "temperature": 2},
 ]
 
 
@@ -255,8 +258,34 @@ def test_config_cannot_change_the_model(fake_server: LiveServer, endpoint: str, 
 
 def test_labels_are_allowed_in_config(fake_server: LiveServer) -> None:
     response = httpx.post(f"{fake_server.url}/single-turn/invoke", timeout=10,
-                          json={"input": "hi", "config": {"tags": ["ui"], "metadata": {"user": "ana"}}})
+                          json={"input": "hi", "config": {"tags": ["ui"], "metadata": {"user": "ana"},
+                                                          "run_name": "ui-call"}})
     assert response.status_code == 200
+
+
+# The bodies LangServe's own clients send by default (captured from langserve 0.3.3's RemoteRunnable and
+# @langchain/core 0.3's): each must be accepted on every endpoint.
+PY_DEFAULT_CONFIG = {"tags": [], "metadata": {}, "callbacks": None, "recursion_limit": 25, "configurable": {}}
+JS_DEFAULT_CONFIG = {"tags": [], "metadata": {}, "recursionLimit": 25}
+
+
+@pytest.mark.parametrize("config", [PY_DEFAULT_CONFIG, JS_DEFAULT_CONFIG, {**JS_DEFAULT_CONFIG, "runName": "x"},
+                                    {**PY_DEFAULT_CONFIG, "max_concurrency": None}], ids=["py", "js", "js-runName",
+                                                                                         "py-max_concurrency"])
+@pytest.mark.parametrize("endpoint", ["invoke", "stream", "stream_log", "stream_events", "batch"])
+def test_clients_default_configs_are_accepted(fake_server: LiveServer, endpoint: str, config: dict[str, Any]) -> None:
+    body: dict[str, Any] = {"input": "hi", "config": config, "kwargs": {}}
+    if endpoint == "batch":  # LangChain.js sends one config and one kwargs object per input
+        body = {"inputs": ["hi", "hi"], "config": [config, config], "kwargs": [{}, {}]}
+    response = httpx.post(f"{fake_server.url}/single-turn/{endpoint}", json=body, timeout=10)
+    assert response.status_code == 200, response.text[:300]
+
+
+@pytest.mark.parametrize(("config", "named"), [({"tags": "ui"}, "tags"), ({"tags": [1]}, "tags"),
+                                                ({"metadata": []}, "metadata"), ({"runName": 5}, "runName")])
+def test_malformed_labels_are_refused(fake_server: LiveServer, config: dict[str, Any], named: str) -> None:
+    response = httpx.post(f"{fake_server.url}/single-turn/invoke", json={"input": "hi", "config": config}, timeout=10)
+    assert response.status_code == 422 and named in response.json()["detail"][0]["msg"]
 
 
 def test_config_schema_offers_nothing_to_configure(fake_server: LiveServer) -> None:
