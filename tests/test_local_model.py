@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
-from langchain_core.messages import AIMessageChunk, HumanMessage
+from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
 
-from chains.models.local import LlamaCppChatModel, ModelOverloadedError
+from chains.models.local import LlamaCppChatModel, ModelOverloadedError, StopStrings
+from chains.settings import DEFAULT_SYSTEM_PROMPT
 
 PROMPT = [HumanMessage("Write a short poem about the sea.")]
 # At temperature 0 the embedded model writes on until max_tokens for this one (~20 s for 2,000 tokens).
@@ -91,3 +92,39 @@ async def test_requests_beyond_the_queue_are_refused(model: LlamaCppChatModel) -
         await model.ainvoke(PROMPT, max_tokens=2)
     await running.aclose()
     assert (await waiting).content is not None
+
+
+CHINESE = [SystemMessage(DEFAULT_SYSTEM_PROMPT), HumanMessage("讲个笑话")]
+EMOJI = [HumanMessage("Reply with a row of party emoji like 🎉🥳🎊 and nothing else.")]
+
+
+@pytest.mark.parametrize("prompt", [CHINESE, EMOJI], ids=["chinese", "emoji"])
+async def test_usage_counts_the_models_tokens_not_the_pieces_of_text(model: LlamaCppChatModel,
+                                                                     prompt: list[BaseMessage]) -> None:
+    """llama.cpp holds back an incomplete UTF-8 character, so one piece of text can be several tokens."""
+    chunks = [chunk async for chunk in model.astream(prompt, max_tokens=64)]
+    pieces = [str(c.content) for c in chunks if c.content]
+    text = "".join(pieces)
+    usage, finish_reason = chunks[-1].usage_metadata, chunks[-1].response_metadata["finish_reason"]
+    assert usage is not None
+    assert len(text.encode()) > len(text), "the reply should hold multibyte characters"
+    assert len(pieces) < usage["output_tokens"], "some characters should span several tokens"
+    if finish_reason == "length":
+        assert usage["output_tokens"] == 64
+    # The model's tokenizer on the reply gives the same count (one less when the 64th token was the first part
+    # of a character that the limit cut off: those bytes are not text).
+    retokenized = len(model._llama.tokenize(text.encode(), add_bos=False, special=False))
+    assert usage["output_tokens"] - retokenized in ((0, 1) if finish_reason == "length" else (0,))
+    assert "\ufffd" not in text
+
+
+def test_stop_strings_cut_the_text_and_hold_back_only_what_could_begin_one() -> None:
+    stops = StopStrings(["<|im_end|>", "\n\nUser:"])
+    assert stops.feed("Hello") == ("Hello", False)
+    assert stops.feed(" <|im") == (" ", False)  # "<|im" might begin a stop string: held
+    assert stops.feed("age|> more\n") == ("<|image|> more", False)  # it did not; "\n" might begin the other
+    assert stops.feed("\nUser: hi") == ("", True)
+    assert StopStrings([]).feed("<|im_end|>") == ("<|im_end|>", False)
+    tail = StopStrings(["END"])
+    assert tail.feed("the EN") == ("the ", False)
+    assert tail.flush("") == "EN"  # the reply ended: a held tail that never became a stop string is sent

@@ -26,9 +26,14 @@ def build_chat_model(settings: Settings) -> BaseChatModel:
                 streaming=True,
             )
         case "local":
-            from chains.models.local import LlamaCppChatModel
+            from chains.models.llama_probe import ensure_generation_works
 
             assert settings.local_model_path is not None  # Settings.check() resolved it
+            # Before the in-process load: a llama.cpp build that crashes on this CPU must stop start-up, not die
+            # at the first request (a segfault cannot be caught).
+            ensure_generation_works(settings.local_model_path, settings.local_threads)
+            from chains.models.local import LlamaCppChatModel
+
             try:
                 return LlamaCppChatModel(
                     model_path=settings.local_model_path,
@@ -38,6 +43,11 @@ def build_chat_model(settings: Settings) -> BaseChatModel:
                     n_ctx=settings.local_context,
                     queue_size=settings.local_queue_size,
                     seed=settings.local_seed,
+                    repeat_penalty=settings.local_repeat_penalty,
+                    repeat_last_n=settings.local_repeat_last_n,
+                    top_k=settings.local_top_k,
+                    top_p=settings.local_top_p,
+                    min_p=settings.local_min_p,
                 )
             except ValidationError as exc:  # loading happens in the model's validation
                 reason = exc.errors()[0]["msg"].removeprefix("Value error, ")

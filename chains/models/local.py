@@ -9,9 +9,10 @@ ends decoding as soon as the consumer stops iterating; callers beyond a bounded 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
+import llama_cpp
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from pydantic import ConfigDict, PrivateAttr
@@ -59,9 +61,16 @@ class LlamaCppChatModel(StreamedChatModel):
     n_ctx: int = 2048
     queue_size: int = 32
     seed: int = -1
+    # Sampling (the settings LOCAL_REPEAT_PENALTY and friends; see README, the embedded model).
+    repeat_penalty: float = 1.2
+    repeat_last_n: int = 64
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.05
 
     _llama: Llama = PrivateAttr()
     _formatter: Jinja2ChatFormatter = PrivateAttr()
+    _sampling: dict[str, float] = PrivateAttr()
     # One worker thread is the lock: every use of `_llama` runs on it, in submission order.
     _executor: ThreadPoolExecutor = PrivateAttr()
     _pending: int = PrivateAttr(default=0)
@@ -74,8 +83,11 @@ class LlamaCppChatModel(StreamedChatModel):
             n_threads=self.n_threads,
             n_threads_batch=self.n_threads,
             seed=self.seed if self.seed >= 0 else 0xFFFFFFFF,
+            last_n_tokens_size=self.repeat_last_n,
             verbose=False,
         )
+        self._sampling = {"repeat_penalty": self.repeat_penalty, "top_k": self.top_k, "top_p": self.top_p,
+                          "min_p": self.min_p}
         template = self._llama.metadata.get("tokenizer.chat_template")
         if not template:
             raise ValueError(f"{self.model_path.name} has no chat template in its metadata")
@@ -110,38 +122,63 @@ class LlamaCppChatModel(StreamedChatModel):
 
     def _decode(self, messages: list[dict[str, str]], params: dict[str, Any], stop_flag: threading.Event,
                 emit: Callable[[object], None]) -> None:
-        """Runs on the decode thread: emits each token's text, then a `_Done`, or the exception raised."""
-        iterator: Iterator[Any] | None = None
+        """Runs on the decode thread: emits text as it becomes whole characters, then a `_Done`, or the exception.
+
+        Our own loop over `Llama.generate` rather than `create_completion`: it counts the tokens themselves (llama.cpp
+        holds back an incomplete UTF-8 character, so one piece of text can be several tokens), decodes each token's
+        bytes once (create_completion re-detokenizes the whole reply per token), and stops between tokens.
+        """
+        terminal: object = None  # the _Done or the exception, sent once the model is free again
         try:
             if stop_flag.is_set():  # abandoned while it waited in the queue
                 return
             prompt = self._formatter(messages=messages)
             tokens = self._llama.tokenize(prompt.prompt.encode("utf-8"), add_bos=not prompt.added_special,
                                           special=True)
-            stop_words = [*prompt.stop, *params.pop("stop", [])]
+            if len(tokens) >= self.n_ctx:
+                raise ValueError(f"the prompt is {len(tokens)} tokens, more than the model's context of {self.n_ctx}")
+            max_tokens = min(params["max_tokens"], self.n_ctx - len(tokens))
+            stops = StopStrings([*prompt.stop, *params["stop"]])
+            if params["seed"] is not None:
+                self._llama.set_seed(params["seed"])
             # Evaluate the whole prompt every time: reusing a cached prefix changes the batch shapes, and with
             # them the float rounding, so temperature 0 would not give the same text for the same prompt.
             self._llama.reset()
-            iterator = self._llama.create_completion(
-                tokens, stream=True, stop=stop_words, stopping_criteria=prompt.stopping_criteria, **params)
-            produced = 0
-            finish_reason = "stop"
-            for chunk in iterator:
+            utf8 = codecs.getincrementaldecoder("utf-8")(errors="ignore")  # as llama.cpp: drop invalid bytes
+            produced, finish_reason = 0, "length"
+            generation = self._llama.generate(tokens, temp=params["temperature"], **self._sampling)
+            for token in closing_generator(generation):
                 if stop_flag.is_set():
                     finish_reason = "cancelled"
                     break
-                choice = chunk["choices"][0]
-                if choice["text"]:
-                    produced += 1
-                    emit(choice["text"])
-                if choice["finish_reason"]:
-                    finish_reason = choice["finish_reason"]
-            emit(_Done(len(tokens), produced, finish_reason))
+                if self._is_end(token):
+                    finish_reason = "stop"
+                    break
+                produced += 1
+                text, stopped = stops.feed(utf8.decode(self._llama.detokenize([token])))
+                if text:
+                    emit(text)
+                if stopped:
+                    finish_reason = "stop"
+                    break
+                if produced >= max_tokens:
+                    break
+            if finish_reason != "cancelled":
+                tail = stops.flush(utf8.decode(b"", final=True))
+                if tail:
+                    emit(tail)
+            terminal = _Done(len(tokens), produced, finish_reason)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            emit(exc)
+            terminal = exc
         finally:
-            if iterator is not None:
-                iterator.close()  # type: ignore[attr-defined]
+            # Released before the consumer hears of the end, so that whoever it tells finds the model free.
+            with self._pending_lock:
+                self._pending -= 1
+            if terminal is not None:
+                emit(terminal)
+
+    def _is_end(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._llama._model.vocab, token))
 
     def _submit(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
                 stop_flag: threading.Event, emit: Callable[[object], None]) -> Future[None]:
@@ -152,17 +189,11 @@ class LlamaCppChatModel(StreamedChatModel):
         params = {
             "temperature": kwargs.get("temperature", self.temperature),
             "max_tokens": kwargs.get("max_tokens", self.max_tokens),
+            "seed": kwargs.get("seed"),
+            "stop": stop or [],
         }
-        if stop:
-            params["stop"] = stop
         prompt = [{"role": _ROLES.get(m.type, "user"), "content": m.text} for m in messages]
-        future = self._executor.submit(self._decode, prompt, params, stop_flag, emit)
-        future.add_done_callback(self._release)
-        return future
-
-    def _release(self, _: Future[None]) -> None:
-        with self._pending_lock:
-            self._pending -= 1
+        return self._executor.submit(self._decode, prompt, params, stop_flag, emit)
 
     # -- LangChain interface ------------------------------------------------------------------------------
 
@@ -226,3 +257,38 @@ class LlamaCppChatModel(StreamedChatModel):
                     raise item  # type: ignore[misc]
         finally:
             stop_flag.set()
+
+
+class StopStrings:
+    """Cuts a stream of text at the first stop string, holding back only a tail that might begin one."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [stop for stop in stops if stop]
+        self.held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """The text that is safe to send now, and whether a stop string was reached."""
+        if not self.stops:
+            return text, False
+        text, self.held = self.held + text, ""
+        cut = min((i for i in (text.find(stop) for stop in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            return text[:cut], True
+        for size in range(min(len(text), max(map(len, self.stops)) - 1), 0, -1):
+            if any(stop.startswith(text[-size:]) for stop in self.stops):
+                text, self.held = text[:-size], text[-size:]
+                break
+        return text, False
+
+    def flush(self, text: str) -> str:
+        """What is left at the end (a held tail that never became a stop string)."""
+        rest, self.held = self.held + text, ""
+        return rest
+
+
+def closing_generator(generator: Generator[int, Any, None]) -> Iterator[int]:
+    """Iterates `generator` and closes it however the loop ends (a `break` would leave it suspended)."""
+    try:
+        yield from generator
+    finally:
+        generator.close()
