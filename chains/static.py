@@ -12,11 +12,12 @@ from starlette.types import Scope
 
 
 class PlainPage(StaticFiles):
-    """The plain page's own files (top-level .html, .js, .css) and the README screenshots; nothing else."""
+    """The plain page's own files (top-level .html, .js, .css), its vendored libraries (vendor/) and the README
+    screenshots; nothing else."""
 
     async def get_response(self, path: str, scope: Scope) -> Response:
         top_level_asset = "/" not in path and path.endswith((".html", ".js", ".css"))
-        if path not in ("", ".") and not top_level_asset and not path.startswith("screenshots/"):
+        if path not in ("", ".") and not top_level_asset and not path.startswith(("screenshots/", "vendor/")):
             raise HTTPException(404)
         return await super().get_response(path, scope)
 

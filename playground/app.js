@@ -2,6 +2,7 @@
 import {
   DEFAULT_SYSTEM_PROMPT, conversationFor, errorText, formatStats, isSendKey, streamChat,
 } from './sse-client.js';
+import { copyCodeOnClick, renderMarkdown, tokensPerFrame } from './markdown.js';
 
 const $ = (id) => document.getElementById(id);
 const list = $('messages');
@@ -14,7 +15,7 @@ const composer = $('composer');
 
 systemPrompt.value = DEFAULT_SYSTEM_PROMPT;
 
-/** {role, content, status: done|streaming|stopped|error, inHistory, stats?, error?, el} */
+/** {role, content, status: done|streaming|stopped|error, inHistory, stats?, error?, el, text, html} */
 let messages = [];
 let controller = null; // the AbortController of the reply in flight
 let composing = false;
@@ -39,7 +40,10 @@ function addMessage(message) {
   const who = element('span', 'who');
   who.textContent = message.role === 'user' ? 'You' : 'Assistant';
   const body = element('div', 'body');
-  const text = element('span', 'text', { 'data-testid': 'message-text' });
+  // The user's text as typed (white-space: pre-wrap); the assistant's rendered as markdown.
+  const text = message.role === 'assistant'
+    ? element('div', 'text markdown', { 'data-testid': 'message-text' })
+    : element('span', 'text', { 'data-testid': 'message-text' });
   body.append(text);
   el.append(who, body);
   message.el = el;
@@ -52,18 +56,16 @@ function addMessage(message) {
   return message;
 }
 
-/** Brings a message's element in line with its state (text, cursor, stats, error, stopped note). */
+/** Brings a message's element in line with its state (text and cursor, stats, error, stopped note). */
 function update(message) {
   const { el, text } = message;
   el.dataset.status = message.status;
-  if (text.textContent !== message.content) text.textContent = message.content; // exact text: white-space: pre-wrap
-  const body = text.parentElement;
-  let cursor = body.querySelector('.cursor');
-  if (message.status === 'streaming' && !cursor) {
-    cursor = element('span', 'cursor', { 'data-testid': 'cursor', 'aria-hidden': 'true' });
-    body.append(cursor);
-  } else if (message.status !== 'streaming' && cursor) {
-    cursor.remove();
+  if (message.role === 'assistant') {
+    // Sanitized markdown (markdown.js), with the cursor at the end of the text while it streams.
+    const html = renderMarkdown(message.content, { streaming: message.status === 'streaming' });
+    if (message.html !== html) text.innerHTML = message.html = html;
+  } else if (text.textContent !== message.content) {
+    text.textContent = message.content; // exact text: white-space: pre-wrap
   }
   if (message.status === 'stopped' && !el.querySelector('.note')) {
     const note = element('p', 'note', { 'data-testid': 'stopped' });
@@ -109,16 +111,18 @@ async function sendMessage() {
   setStreaming(true);
   if (fromKeyboard) stop.focus(); // the box and Send are disabled: keep keyboard users on the one useful control
 
+  const tokens = tokensPerFrame((text) => { // the whole reply is rendered again: at most once a frame
+    const stick = nearBottom();
+    reply.content += text;
+    update(reply);
+    if (stick) scrollToEnd(); // follow the reply unless the reader has scrolled up
+  });
   const outcome = await streamChat({
     body: { messages: history, system_prompt: systemPrompt.value },
     signal: controller.signal,
-    onToken(token) {
-      const stick = nearBottom();
-      reply.content += token;
-      update(reply);
-      if (stick) scrollToEnd(); // follow the reply unless the reader has scrolled up
-    },
+    onToken: tokens.push,
   });
+  tokens.flush();
 
   const stick = nearBottom();
   if (outcome.status === 'done') {
@@ -165,6 +169,7 @@ input.addEventListener('keydown', (event) => {
 });
 input.addEventListener('input', resize);
 stop.addEventListener('click', stopStreaming);
+list.addEventListener('click', copyCodeOnClick); // the Copy buttons of code blocks
 document.addEventListener('keydown', (event) => {
   if (event.key === 'Escape' && controller) stopStreaming();
 });

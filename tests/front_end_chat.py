@@ -1,8 +1,9 @@
 """Drives one of the typewriter chats (plain, React, Vue) through the test hooks the three pages share.
 
 Hooks (data-testid): messages (the log), message (data-role user|assistant, data-status
-streaming|done|stopped|error), message-text (exactly the streamed text), cursor, stats (data-token-count),
-error (data-kind server|network|http), stopped, input, send, stop, system-prompt, clear.
+streaming|done|stopped|error), message-text (the user's text exactly; the assistant's reply rendered as markdown by
+playground/markdown.js), cursor, copy (a code block's Copy button), stats (data-token-count), error (data-kind
+server|network|http), stopped, input, send, stop, system-prompt, clear.
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ RECORD_REPLY_STATES = """
     const states = window.__replyStates;
     if (states[states.length - 1] !== text) states.push(text);
   }).observe(list, {subtree: true, childList: true, characterData: true});
+}
+"""
+
+RENDER_MARKDOWN = """
+async (text) => {
+  const { renderMarkdown } = await import('/playground/markdown.js');
+  const box = document.createElement('div');
+  box.innerHTML = renderMarkdown(text);
+  return {html: box.innerHTML, text: box.textContent};
 }
 """
 
@@ -107,7 +117,22 @@ class Chat:
         return self.replies.nth(index) if index >= 0 else self.replies.last
 
     def reply_text(self, index: int = -1) -> str:
+        """The reply's text as rendered: markdown markers gone, and a newline is a <br> (no text) — for text without
+        markup, the streamed text up to whitespace (compare with tests.browser.squash)."""
         return self.reply(index).get_by_test_id("message-text").text_content() or ""
+
+    def reply_html(self, index: int = -1) -> str:
+        return self.reply(index).get_by_test_id("message-text").inner_html()
+
+    def rendered(self, markdown: str) -> dict[str, str]:
+        """How the shared playground/markdown.js renders a finished `markdown` reply: {html, text}. Computed on a
+        plain page of the same browser (the React and Vue bundles do not expose the module)."""
+        page = self.page.context.new_page()
+        try:
+            page.goto(self.server.url + "/playground/")
+            return page.evaluate(RENDER_MARKDOWN, markdown)
+        finally:
+            page.close()
 
     # Actions
     def send(self, text: str) -> None:

@@ -16,6 +16,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from chains.models.fake import scripted_tokens
 from chains.settings import DEFAULT_SYSTEM_PROMPT
+from tests.browser import squash
 from tests.conftest import ARTIFACTS, ROOT, LiveServer, first_token_seconds, start_app, stop_process
 from tests.front_end_chat import PAGES, Chat
 
@@ -79,13 +80,17 @@ def test_reply_streams_token_by_token_and_ends_with_the_done_summary(slow_fake_s
     expect(reply).to_have_attribute("data-status", "done")
     done = chat.done_event()
     assert done["token_count"] == 8 and done["status"] == "completed"
-    # Exactly the text the server summed up: newlines, the \r\n, Chinese and emoji kept (white-space: pre-wrap).
-    assert chat.reply_text() == done["full_response"] == "".join(scripted_tokens(8))
+    # The text the server summed up, Chinese and emoji kept. The reply is rendered as markdown (newlines become
+    # <br>); the scripted text has no markup, so what shows is that text up to whitespace.
+    assert done["full_response"] == "".join(scripted_tokens(8))
+    assert squash(chat.reply_text()) == squash(done["full_response"])
+    assert chat.reply_html() == chat.rendered(done["full_response"])["html"]
 
     # It grew token by token: several intermediate states, each a prefix of the next.
-    states = [s for s in chat.reply_states() if s]
+    states = [squash(s) for s in chat.reply_states() if s]
+    states = [s for i, s in enumerate(states) if not i or s != states[i - 1]]
     assert len(states) >= 3, states
-    assert states[-1] == done["full_response"]
+    assert states[-1] == squash(done["full_response"])
     assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(states, states[1:])), states
 
     stats = reply.get_by_test_id("stats")
@@ -111,9 +116,9 @@ def test_second_turn_carries_the_first_and_the_system_prompt(fake_server, page: 
     chat = Chat(page, fake_server, front_end).open()
     chat.system_prompt.fill("Answer in one sentence.")
     first = chat.exchange("第一个问题")
-    assert first["full_response"] == FAKE_REPLY == chat.reply_text(0)
+    assert first["full_response"] == FAKE_REPLY and squash(chat.reply_text(0)) == squash(FAKE_REPLY)
     second = chat.exchange("second question")
-    assert second["full_response"] == FAKE_REPLY == chat.reply_text(1)
+    assert second["full_response"] == FAKE_REPLY and squash(chat.reply_text(1)) == squash(FAKE_REPLY)
 
     assert chat.chat_bodies() == [
         {"messages": [{"role": "user", "content": "第一个问题"}], "system_prompt": "Answer in one sentence."},
@@ -135,7 +140,8 @@ def test_second_turn_carries_the_first_and_the_system_prompt(fake_server, page: 
 def test_real_model_reply_matches_its_done_summary(local_server, page: Page, front_end: str) -> None:
     chat = Chat(page, local_server, front_end).open()
     done = chat.exchange("用一句话介绍你自己", timeout=60_000)  # generous: the CPU may be shared
-    assert done["full_response"] and chat.reply_text() == done["full_response"]
+    # Whatever markdown the model wrote: the page shows exactly what the shared renderer makes of the full reply.
+    assert done["full_response"] and chat.reply_html() == chat.rendered(done["full_response"])["html"]
     assert 0 < done["token_count"] <= 24
     expect(chat.reply().get_by_test_id("stats")).to_have_attribute("data-token-count", str(done["token_count"]))
     assert not chat.page_errors and not chat.console_errors
@@ -154,7 +160,8 @@ def test_stop_ends_the_stream_early_and_the_ui_recovers(long_fake_server, page: 
     chat.expect_idle()
     assert chat.active_testid() == "input"
     partial = chat.reply_text()
-    assert 20 <= len(partial) < len(LONG_FAKE_REPLY) and LONG_FAKE_REPLY.startswith(partial)
+    assert 20 <= len(partial) and len(squash(partial)) < len(squash(LONG_FAKE_REPLY))
+    assert squash(LONG_FAKE_REPLY).startswith(squash(partial))
     page.wait_for_timeout(500)
     assert chat.reply_text() == partial, "tokens kept arriving after Stop"
     # The browser ended the request (the server sees the disconnect and cancels the generation).
@@ -164,11 +171,11 @@ def test_stop_ends_the_stream_early_and_the_ui_recovers(long_fake_server, page: 
     # The partial reply is what the model said: it is part of the next request's history.
     chat.send("go on")
     chat.wait_for_reply_length(5)
-    assert chat.chat_bodies()[-1]["messages"] == [
-        {"role": "user", "content": "tell me a long story"},
-        {"role": "assistant", "content": partial},
-        {"role": "user", "content": "go on"},
-    ]
+    history = chat.chat_bodies()[-1]["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant", "user"]
+    assert history[0]["content"] == "tell me a long story" and history[2]["content"] == "go on"
+    said = history[1]["content"]  # exactly the streamed text, of which the page shows the rendering
+    assert LONG_FAKE_REPLY.startswith(said) and squash(said) == squash(partial)
     page.keyboard.press("Escape")  # Esc stops too
     expect(chat.reply()).to_have_attribute("data-status", "stopped")
     chat.expect_idle()
@@ -238,7 +245,7 @@ def test_server_error_is_shown_and_told_apart_from_connection_problems(failing_s
     expect(error).to_have_attribute("data-kind", "server")
     expect(error).to_have_text(f"Server error: {server_error['error']}")
     assert "scripted failure after 3 tokens" in server_error["error"]
-    assert chat.reply_text() == "".join(scripted_tokens(3))
+    assert squash(chat.reply_text()) == squash("".join(scripted_tokens(3)))
     chat.expect_idle()
     page.wait_for_timeout(700)
     assert len(chat.chat_requests) == 1, "the stream was not closed after the error: something reconnected"
@@ -308,7 +315,7 @@ def test_connection_dropped_mid_stream_is_a_connection_problem(doomed_server, pa
     error = reply.get_by_test_id("error")
     expect(error).to_have_attribute("data-kind", "network")
     expect(error).to_contain_text("Connection problem")
-    assert LONG_FAKE_REPLY.startswith(chat.reply_text()) and len(chat.reply_text()) >= 10
+    assert squash(LONG_FAKE_REPLY).startswith(squash(chat.reply_text())) and len(chat.reply_text()) >= 10
     chat.expect_idle()
     assert not chat.page_errors
 

@@ -3,21 +3,29 @@
  * (POST with the conversation so far, Stop that cancels the generation, server errors told apart from dropped
  * connections, the stream always closed), IME-safe Enter, auto-scroll, accessible controls.
  */
-import { useEffect, useLayoutEffect, useRef, useState } from 'react';
+import { memo, useEffect, useLayoutEffect, useMemo, useRef, useState } from 'react';
 import {
   DEFAULT_SYSTEM_PROMPT, conversationFor, errorText, formatStats, isSendKey, streamChat,
 } from '../../sse-client.js';
+import { copyCodeOnClick, renderMarkdown, tokensPerFrame } from '../../markdown.js';
 
 let nextId = 1;
 
-function Message({ message }) {
+// The assistant's reply as sanitized markdown (../../markdown.js), the cursor inside it while it streams.
+function Markdown({ text, streaming }) {
+  const html = useMemo(() => renderMarkdown(text, { streaming }), [text, streaming]);
+  return <div className="text markdown" data-testid="message-text" dangerouslySetInnerHTML={{ __html: html }} />;
+}
+
+const Message = memo(function Message({ message }) {
   const { role, content, status, stats, error } = message;
   return (
     <article className={`message ${role}`} data-testid="message" data-role={role} data-status={status}>
       <span className="who">{role === 'user' ? 'You' : 'Assistant'}</span>
       <div className="body">
-        <span className="text" data-testid="message-text">{content}</span>
-        {status === 'streaming' && <span className="cursor" data-testid="cursor" aria-hidden="true" />}
+        {role === 'assistant'
+          ? <Markdown text={content} streaming={status === 'streaming'} />
+          : <span className="text" data-testid="message-text">{content}</span>}
       </div>
       {status === 'stopped' && (
         <p className="note" data-testid="stopped">
@@ -35,7 +43,7 @@ function Message({ message }) {
       )}
     </article>
   );
-}
+});
 
 export default function TokenStreamChat() {
   const [messages, setMessages] = useState([]);
@@ -98,11 +106,14 @@ export default function TokenStreamChat() {
     setInput('');
     setStreaming(true);
 
+    // The whole reply is rendered again on each update: tokens are handed on at most once a frame.
+    const tokens = tokensPerFrame((more) => update(replyId, (m) => ({ ...m, content: m.content + more })));
     const outcome = await streamChat({
       body: { messages: history, system_prompt: systemPrompt },
       signal: controller.signal,
-      onToken: (token) => update(replyId, (m) => ({ ...m, content: m.content + token })),
+      onToken: tokens.push,
     });
+    tokens.flush();
 
     controllerRef.current = null;
     setMessages((prev) => prev.map((m) => {
@@ -169,7 +180,8 @@ export default function TokenStreamChat() {
       </div>
 
       <main className="messages" data-testid="messages" role="log" aria-live="polite" aria-label="Conversation"
-            aria-busy={streaming} tabIndex={0} ref={listRef} onScroll={onScroll}>
+            aria-busy={streaming} tabIndex={0} ref={listRef} onScroll={onScroll}
+            onClick={copyCodeOnClick /* the Copy buttons of code blocks */}>
         {messages.length === 0 && (
           <p className="empty">Ask anything. The reply streams in token by token; earlier turns are sent with each
             message. Enter sends, Shift+Enter adds a line, Esc stops.</p>
