@@ -64,6 +64,12 @@ class ChatBody(StreamParams):
         return self
 
 
+class ChatDefaults(BaseModel):
+    system_prompt: str = Field(description="used when a request gives none (SYSTEM_PROMPT)")
+    max_input_chars: int = Field(description="characters in one message or a whole conversation")
+    max_messages: int = Field(description="turns in one conversation")
+
+
 class ConversationRequest(BaseModel):
     """The tutorial's `/chat-conversation` body."""
 
@@ -125,6 +131,12 @@ def chat_router(chains: dict[str, ChatChain], settings: Settings) -> APIRouter:
         if messages is not None:
             return stream(conversation, {"messages": messages, "system_prompt": system_prompt_text}, options(params))
         return stream(system_prompt, {"message": message, "system_prompt": system_prompt_text}, options(params))
+
+    @router.get("/chat/defaults")
+    async def chat_defaults() -> ChatDefaults:
+        """What a chat page starts from: the server's default system prompt and the input limits."""
+        return ChatDefaults(system_prompt=settings.system_prompt, max_input_chars=settings.max_input_chars,
+                            max_messages=settings.max_messages)
 
     @router.get("/chat", responses=JSON_SSE, description=CHAT_EVENTS_DOC)
     async def chat_get(query: Annotated[ChatQuery, Query()]) -> TokenStreamResponse:
