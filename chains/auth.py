@@ -3,18 +3,24 @@
 A key is accepted as `Authorization: Bearer <key>`, `X-API-Key: <key>`, or the `api_key` cookie that the sign-in
 page sets (HttpOnly, SameSite=Strict), so that a person with a key can use the browser UIs: LangServe's
 playground and an `EventSource` send no custom headers. Keys are compared in constant time, never logged, and
-never echoed in an error.
+never echoed in an error. Wrong keys are counted per client address: after AUTH_FAILURE_LIMIT of them within
+AUTH_FAILURE_WINDOW, that address gets 429 + Retry-After, and no key it sends is even compared, until the
+window has passed. The sign-in form is only accepted from this site's own pages (Origin, else Referer).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-from collections.abc import Sequence
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from http.cookies import SimpleCookie
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -24,48 +30,114 @@ COOKIE = "api_key"
 OPEN_PATHS = ("/health", "/sign-in")
 
 
-def key_matches(given: str, keys: Sequence[bytes]) -> bool:
-    """Constant time: every key is compared, whatever matches first."""
-    candidate = given.encode()
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(candidate, key)
-    return matched
+class KeyMatcher:
+    """The configured keys, compared in constant time: the candidate against every key, with no early exit.
+
+    Each side is hashed first (SHA-256), so every comparison is between two 32-byte digests: its time depends
+    neither on where the candidate differs, nor on the length of a key or of the candidate.
+    """
+
+    def __init__(self, keys: Sequence[SecretStr | str | bytes]) -> None:
+        raw = [key.get_secret_value() if isinstance(key, SecretStr) else key for key in keys]
+        self._digests = [hashlib.sha256(key if isinstance(key, bytes) else key.encode()).digest() for key in raw]
+        if not self._digests or any(len(key) == 0 for key in raw):
+            raise ValueError("API keys must be non-empty")
+
+    def __call__(self, candidate: str | bytes | None) -> bool:
+        if candidate is None:
+            return False
+        given = hashlib.sha256(candidate if isinstance(candidate, bytes) else candidate.encode()).digest()
+        matched = False
+        for digest in self._digests:  # all of them, whichever matches
+            matched |= hmac.compare_digest(given, digest)
+        return matched and len(candidate) > 0
 
 
-def presented_key(scope: Scope) -> str | None:
+def presented_key(scope: Scope) -> bytes | None:
+    """The key a request carries, as the bytes it sent (None when it carries none). `Bearer` is case-insensitive;
+    the spaces around a header value are not part of it (HTTP strips them)."""
     headers = dict(scope["headers"])
-    authorization = headers.get(b"authorization", b"").decode("latin-1")
-    if authorization[:7].lower() == "bearer ":
+    authorization = headers.get(b"authorization", b"")
+    if authorization[:7].lower() == b"bearer ":
         return authorization[7:].strip()
     if b"x-api-key" in headers:
-        return headers[b"x-api-key"].decode("latin-1").strip()
+        return headers[b"x-api-key"].strip()
     if b"cookie" in headers:
-        cookie = SimpleCookie()
+        cookie: SimpleCookie = SimpleCookie()
         try:
             cookie.load(headers[b"cookie"].decode("latin-1"))
         except Exception:  # noqa: BLE001 - a malformed cookie header is just no key
             return None
         if COOKIE in cookie:
-            return cookie[COOKIE].value
+            return cookie[COOKIE].value.encode("latin-1", errors="replace")
     return None
 
 
-class ApiKeyAuth:
-    """Pure ASGI: 401 (JSON) for API calls without a valid key; a browser asking for a page is sent to sign in."""
+def client_address(scope: Scope) -> str:
+    return scope["client"][0] if scope.get("client") else "unknown"
 
-    def __init__(self, app: ASGIApp, keys: Sequence[SecretStr]) -> None:
+
+class FailedAuth:
+    """Wrong keys per client address in a sliding window. Memory is bounded: at most `max_addresses` are
+    tracked, the least recently failing one forgotten first."""
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic,
+                 max_addresses: int = 10_000) -> None:
+        self.limit, self.window, self.clock, self.max_addresses = limit, window, clock, max_addresses
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def retry_after(self, address: str) -> int | None:
+        """Seconds until this address may try a key again, or None if it may now."""
+        failures = self._failures.get(address)
+        if failures is None:
+            return None
+        now = self.clock()
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        if not failures:
+            del self._failures[address]
+            return None
+        if len(failures) < self.limit:
+            return None
+        return max(1, math.ceil(failures[-self.limit] + self.window - now))
+
+    def record(self, address: str) -> None:
+        failures = self._failures.pop(address, None) or deque(maxlen=self.limit)
+        failures.append(self.clock())
+        self._failures[address] = failures  # most recent last
+        while len(self._failures) > self.max_addresses:
+            self._failures.popitem(last=False)
+
+
+def too_many_failures(seconds: int) -> JSONResponse:
+    return refuse(429, "too_many_auth_failures", "too many wrong API keys from this address; try again in "
+                  f"{seconds} s", {"Retry-After": str(seconds)})
+
+
+class ApiKeyAuth:
+    """Pure ASGI: 401 (JSON) for API calls without a valid key; a browser asking for a page is sent to sign in;
+    429 for an address that has sent too many wrong keys."""
+
+    def __init__(self, app: ASGIApp, matcher: KeyMatcher, failures: FailedAuth) -> None:
         self.app = app
-        self.keys = [key.get_secret_value().encode() for key in keys]
+        self.matcher = matcher
+        self.failures = failures
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
         key = presented_key(scope)
-        if key is not None and key_matches(key, self.keys):
-            await self.app(scope, receive, send)
-            return
+        if key is not None:  # someone is trying a key
+            address = client_address(scope)
+            wait = self.failures.retry_after(address)
+            if wait is not None:
+                await too_many_failures(wait)(scope, receive, send)
+                return
+            if self.matcher(key):
+                await self.app(scope, receive, send)
+                return
+            self.failures.record(address)
         accept = dict(scope["headers"]).get(b"accept", b"")
         if scope["method"] == "GET" and b"text/html" in accept:
             target = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
@@ -93,9 +165,24 @@ def safe_next(target: str) -> str:
     return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/playground/"
 
 
-def sign_in_router(keys: Sequence[SecretStr]) -> APIRouter:
+def same_origin(request: Request) -> bool:
+    """Whether a form post comes from this site's own page (login CSRF: a page elsewhere must not be able to sign
+    a visitor in with its own key). Browsers send Origin on every POST; failing that, Referer. A request with
+    neither is not from a browser page, and is allowed (curl)."""
+    host = request.headers.get("host", "").lower()
+    own = f"{request.url.scheme}://{host}"
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return origin.lower() == own  # "null" (a sandboxed or privacy-hidden origin) is not ours either
+    referer = request.headers.get("referer")
+    if referer is not None:
+        parts = urlsplit(referer)
+        return f"{parts.scheme}://{parts.netloc}".lower() == own
+    return True
+
+
+def sign_in_router(matcher: KeyMatcher, failures: FailedAuth) -> APIRouter:
     router = APIRouter(tags=["access"])
-    raw_keys = [key.get_secret_value().encode() for key in keys]
 
     @router.get("/sign-in", response_class=HTMLResponse, include_in_schema=False)
     async def sign_in_page(next: str = "/playground/") -> HTMLResponse:
@@ -104,10 +191,19 @@ def sign_in_router(keys: Sequence[SecretStr]) -> APIRouter:
 
     @router.post("/sign-in", include_in_schema=False)
     async def sign_in(request: Request) -> Response:
+        if not same_origin(request):
+            return refuse(403, "cross_origin", "sign-in is only accepted from this site's own sign-in page")
+        address = client_address(request.scope)
+        wait = failures.retry_after(address)
+        if wait is not None:
+            page = SIGN_IN_PAGE.format(error=f'<p class="error">Too many wrong keys; try again in {wait} s.</p>',
+                                       next="/playground/")
+            return HTMLResponse(page, status_code=429, headers={"Retry-After": str(wait)})
         # A plain urlencoded form, parsed here rather than adding python-multipart for two fields.
         form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
         key, next = form.get("key", [""])[0], form.get("next", ["/playground/"])[0]
-        if not key or not key_matches(key, raw_keys):
+        if not key or not matcher(key):
+            failures.record(address)
             page = SIGN_IN_PAGE.format(error='<p class="error">That key is not valid.</p>', next="/playground/")
             return HTMLResponse(page, status_code=401)
         response = RedirectResponse(safe_next(next), status_code=303)
@@ -115,4 +211,3 @@ def sign_in_router(keys: Sequence[SecretStr]) -> APIRouter:
         return response
 
     return router
-

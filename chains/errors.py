@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 
 import httpx
 import openai
@@ -55,8 +56,17 @@ def describe_failure(exc: BaseException) -> tuple[ErrorType, str]:
             return "generation_error", f"{type(exc).__name__}: {exc}"[:500]
 
 
-def failure_response(exc: BaseException) -> JSONResponse:
+def failure_response(exc: BaseException, what: str) -> JSONResponse:
+    """The answer to a request (`what`: method and path) that failed with `exc`. A failure we can name gets its
+    status and message; anything else a 500 without the exception's text (it may hold a path, a key, a
+    character the response cannot even encode), with an id under which the log has the whole traceback."""
     kind, message = describe_failure(exc)
+    if kind == "generation_error":
+        error_id = secrets.token_hex(6)
+        log.error("%s failed (error id %s)", what, error_id, exc_info=exc)
+        return JSONResponse({"error": f"internal error; the server logged it as {error_id}", "type": "internal_error",
+                             "id": error_id}, status_code=500)
+    log.warning("%s failed: %s", what, message)
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if kind in ("overloaded", "rate_limited", "shutdown") else None
     return JSONResponse({"error": message, "type": kind}, status_code=STATUS_OF[kind], headers=headers)
 
@@ -65,8 +75,8 @@ def install_error_handlers(app: FastAPI) -> None:
     """Failures of non-streaming endpoints (LangServe's /invoke, /batch) as a status naming the cause."""
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("%s %s failed: %s", request.method, request.url.path, describe_failure(exc)[1])
-        return failure_response(exc)
+        # Only what escapes chains.guards.AnswerFailures (which answers route failures) arrives here.
+        return failure_response(exc, f"{request.method} {request.url.path}")
 
     async def invalid(request: Request, exc: Exception) -> JSONResponse:
         # Every 422 in the shape FastAPI documents (`{"detail": [{"loc", "msg", "type"}]}`): LangServe raises
@@ -85,6 +95,8 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 422 and isinstance(exc.detail, str):  # LangServe's, e.g. a batch config mismatch
             return JSONResponse({"detail": [{"loc": ["body"], "msg": exc.detail, "type": "value_error"}]}, 422)
+        if exc.status_code >= 500:  # whatever a library put in its detail stays in the log
+            return failure_response(exc, f"{request.method} {request.url.path}")
         return await http_exception_handler(request, exc)
 
     app.add_exception_handler(ValidationError, invalid)

@@ -3,19 +3,28 @@ breaks disconnect detection on streams."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import types
 from collections import Counter
 from collections.abc import Callable
+from itertools import accumulate
 from typing import Any
 
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import get_config_list
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chains.errors import RETRY_AFTER_SECONDS
+from chains.errors import RETRY_AFTER_SECONDS, failure_response
+from chains.http_protocol import SCOPE_MARK
 
 log = logging.getLogger(__name__)
+
+# Set by LangServeBodies on a /batch: how many model runs the request asks for (the limits below count them).
+MODEL_RUNS = "chains.model_runs"
 
 _MODEL_ENDPOINTS = ("/invoke", "/batch", "/stream", "/stream_log", "/stream_events")
 
@@ -34,20 +43,35 @@ def invalid(location: list[str], message: str) -> JSONResponse:
     return JSONResponse({"detail": [{"loc": location, "msg": message, "type": "value_error"}]}, status_code=422)
 
 
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_BRACKET = re.compile(rb"[\[\]{}]")
+# The pieces of the depth check, each one pass at C speed: escapes out, then only quotes and brackets kept.
+_NOT_QUOTES_OR_BRACKETS = bytes(b for b in range(256) if b not in b'"[]{}')
+_SIGNED = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 / -1 as signed bytes
+_DEPTH_CHUNK = 65_536
+_INLINE_DEPTH_CHECK_BYTES = 65_536  # larger bodies are checked on a worker thread: the loop never waits for one
+_DEPTH_CHECKS = asyncio.Semaphore(1)  # and one at a time, so that a flood of them takes one core at most
 
 
-def json_depth(body: bytes) -> int:
-    """Deepest nesting of a JSON text, counted without parsing it (brackets inside strings do not count)."""
-    depth = deepest = 0
-    for match in _BRACKET.finditer(_JSON_STRING.sub(b'""', body)):
-        if match.group() in (b"[", b"{"):
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest
+def json_deeper_than(body: bytes, limit: int) -> bool:
+    """Whether a JSON text nests deeper than `limit` (brackets inside strings do not count), without parsing it.
+
+    Linear, and nothing per byte runs in Python: ~15 ms for the worst 1 MB on this machine. (The regex this
+    replaces, `"(?:[^"\\]|\\.)*"`, rescanned the rest of the text from every quote of a string that never
+    closed: quadratic, 12 s for a 64 KB body, with the event loop blocked throughout.)
+    """
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False  # not enough brackets in all, strings included, to be that deep
+    # An escaped backslash goes first, so that in `\\"` the quote still ends the string.
+    compact = body.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_QUOTES_OR_BRACKETS)
+    # Two adjacent quotes enclose no bracket: dropping them changes nothing. Then every odd piece between the
+    # remaining quotes is inside a string; an unterminated string runs to the end, as it should.
+    outside = b"".join(compact.replace(b'""', b"").split(b'"')[0::2]).translate(_SIGNED)
+    depth = 0
+    for start in range(0, len(outside), _DEPTH_CHUNK):
+        part = outside[start:start + _DEPTH_CHUNK]
+        if max(accumulate(memoryview(part).cast("b"), initial=depth)) > limit:
+            return True
+        depth += part.count(1) - part.count(255)
+    return False
 
 
 class RequestLimits:
@@ -60,7 +84,13 @@ class RequestLimits:
         self.max_body_bytes = max_body_bytes
         self.max_json_depth = max_json_depth
 
+    _warned = False
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and SCOPE_MARK not in scope.get("extensions", {}) and not RequestLimits._warned:
+            RequestLimits._warned = True  # once: the operator needs to know, the log does not need it per request
+            log.warning("served without --http chains.http_protocol:Utf8RequestLineProtocol: header size, header "
+                        "and body timeouts and MAX_CONNECTIONS are not enforced")
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
@@ -83,6 +113,9 @@ class RequestLimits:
                 break
         if body and runs_the_model(scope["path"]):
             problem = self._json_problem(headers.get(b"content-type", b""), bytes(body))
+            if problem is None and await self._too_deep(bytes(body)):
+                problem = refuse(400, "invalid_body",
+                                 f"the JSON is nested deeper than MAX_JSON_DEPTH={self.max_json_depth}")
             if problem is not None:
                 await problem(scope, receive, send)
                 return
@@ -105,9 +138,13 @@ class RequestLimits:
             body.decode("utf-8")
         except UnicodeDecodeError as exc:
             return refuse(400, "invalid_body", f"the body is not valid UTF-8 (byte {exc.start})")
-        if json_depth(body) > self.max_json_depth:
-            return refuse(400, "invalid_body", f"the JSON is nested deeper than MAX_JSON_DEPTH={self.max_json_depth}")
         return None
+
+    async def _too_deep(self, body: bytes) -> bool:
+        if len(body) <= _INLINE_DEPTH_CHECK_BYTES:
+            return json_deeper_than(body, self.max_json_depth)
+        async with _DEPTH_CHECKS:
+            return await asyncio.to_thread(json_deeper_than, body, self.max_json_depth)
 
 
 # What a client may send in LangServe's `config` without a 422. Routes are mounted with `config_keys=()`, so
@@ -145,13 +182,47 @@ def config_problem(configs: list[dict[str, Any]]) -> str | None:
     return None
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def lone_surrogate_at(value: Any, location: list[str | int]) -> list[str | int] | None:
+    """Where in a parsed JSON value a string holds an unpaired surrogate (`"\\ud800"` is valid JSON but not
+    Unicode: it cannot be encoded, so it would fail in the model or in the response), or None."""
+    if isinstance(value, str):
+        return None if value.isascii() or not _has_surrogate(value) else location
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and _has_surrogate(key):
+            return [*location, "(a key)"]  # not the key itself: it cannot be encoded in the answer either
+        found = lone_surrogate_at(item, [*location, key])
+        if found is not None:
+            return found
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 class LangServeBodies:
     """Refuses, with a 422 naming the field, the body shapes that LangServe 0.3.3 turns into a 500 or quietly
     mishandles: `config` or `kwargs` that is not an object (`"config": null`), a `/batch` whose `inputs` is not a
-    list (a string would be batched letter by letter), and `config` keys it would drop without a word."""
+    list (a string would be batched letter by letter) or has more than MAX_BATCH_INPUTS items, `config` keys it
+    would drop without a word, and unpaired surrogates anywhere in the body. A /batch's size is put in the scope
+    (`MODEL_RUNS`) for the limits inside."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_batch_inputs: int) -> None:
         self.app = app
+        self.max_batch_inputs = max_batch_inputs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].rstrip("/").endswith(
@@ -159,7 +230,7 @@ class LangServeBodies:
             await self.app(scope, receive, send)
             return
         message = await receive()  # RequestLimits has read the whole body already: one message
-        problem = self._problem(scope["path"], message.get("body", b""))
+        problem = self._problem(scope, message.get("body", b""))
         if problem is not None:
             field, text = problem
             await invalid(["body", *field], text)(scope, receive, send)
@@ -175,17 +246,21 @@ class LangServeBodies:
 
         await self.app(scope, replay, send)
 
-    @staticmethod
-    def _problem(path: str, body: bytes) -> tuple[list[str], str] | None:
+    def _problem(self, scope: Scope, body: bytes) -> tuple[list[Any], str] | None:
         try:
             request = json.loads(body) if body else {}
         except ValueError:
             return [], "the body is not valid JSON"
         if not isinstance(request, dict):
             return [], "the body must be a JSON object"
-        batch = path.rstrip("/").endswith("/batch")
-        if batch and not isinstance(request.get("inputs"), list):
-            return ["inputs"], "inputs: must be a list of inputs"
+        batch = scope["path"].rstrip("/").endswith("/batch")
+        if batch:
+            inputs = request.get("inputs")
+            if not isinstance(inputs, list):
+                return ["inputs"], "inputs: must be a list of inputs"
+            if len(inputs) > self.max_batch_inputs:
+                return ["inputs"], f"inputs: {len(inputs)} inputs, more than MAX_BATCH_INPUTS={self.max_batch_inputs}"
+            scope[MODEL_RUNS] = max(len(inputs), 1)
         config = request.get("config", {})
         configs = config if batch and isinstance(config, list) else [config]
         if not all(isinstance(one, dict) for one in configs):
@@ -195,12 +270,19 @@ class LangServeBodies:
         if not (isinstance(kwargs, dict) or batch and isinstance(kwargs, list)
                 and all(isinstance(one, dict) for one in kwargs)):
             return ["kwargs"], "kwargs: must be an object" + (" or a list of objects" if batch else "")
+        # Surrogates only come as \u escapes (raw bytes of one are invalid UTF-8, refused before this).
+        if _SURROGATE_ESCAPE.search(body):
+            where = lone_surrogate_at(request, [])
+            if where is not None:
+                return where, "contains an unpaired surrogate (a \\ud800-\\udfff escape on its own): not valid Unicode"
         problem = config_problem(configs)
         return None if problem is None else (["config"], problem)
 
 
 class StreamsPerClient:
-    """At most `limit` model requests in flight per client address; more get 429 + Retry-After."""
+    """At most `limit` model runs in flight per client address; more get 429 + Retry-After. A /batch counts as
+    many runs as it has inputs. The address is the connection's, or the one a trusted proxy reports
+    (uvicorn's FORWARDED_ALLOW_IPS: README, Security)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -212,40 +294,161 @@ class StreamsPerClient:
             await self.app(scope, receive, send)
             return
         client = scope["client"][0] if scope.get("client") else "unknown"
-        if self.in_flight[client] >= self.limit:
-            response = refuse(429, "too_many_streams", f"more than MAX_STREAMS_PER_CLIENT={self.limit} requests in "
-                              "flight from this client", {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        runs = scope.get(MODEL_RUNS, 1)
+        if self.in_flight[client] + runs > self.limit:
+            asked = f"a batch of {runs} inputs counts as {runs} requests: " if runs > 1 else ""
+            response = refuse(429, "too_many_streams", f"{asked}more than MAX_STREAMS_PER_CLIENT={self.limit} "
+                              "requests in flight from this client", {"Retry-After": str(RETRY_AFTER_SECONDS)})
             await response(scope, receive, send)
             return
-        self.in_flight[client] += 1
+        self.in_flight[client] += runs
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight[client] -= 1
+            self.in_flight[client] -= runs
             if not self.in_flight[client]:
                 del self.in_flight[client]
 
 
 class ModelAdmission:
-    """Refuses model requests with 503 + Retry-After while the local model's wait queue is full, before a
-    stream is opened (a request that slips past between check and start gets an `overloaded` error event)."""
+    """Refuses model requests with 503 + Retry-After when the local model has no room for them (one running,
+    LOCAL_QUEUE_SIZE waiting; a /batch needs a place for each input), before anything starts. A request that
+    slips past between check and start gets an `overloaded` error event, or a 503 that cancels its whole batch."""
 
-    def __init__(self, app: ASGIApp, saturated: Callable[[], bool]) -> None:
+    def __init__(self, app: ASGIApp, free_places: Callable[[], int]) -> None:
         self.app = app
-        self.saturated = saturated
+        self.free_places = free_places
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and runs_the_model(scope["path"]) and self.saturated():
-            response = refuse(503, "overloaded", "the local model is busy: its wait queue is full",
-                              {"Retry-After": str(RETRY_AFTER_SECONDS)})
-            await response(scope, receive, send)
-            return
+        if scope["type"] == "http" and runs_the_model(scope["path"]) and scope["method"] != "OPTIONS":
+            runs, free = scope.get(MODEL_RUNS, 1), self.free_places()
+            if runs > free:
+                what = f"a batch of {runs} inputs needs {runs} places, {free} are free" if runs > 1 else \
+                    "its wait queue is full"
+                response = refuse(503, "overloaded", f"the local model is busy: {what}",
+                                  {"Retry-After": str(RETRY_AFTER_SECONDS)})
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 
-class EndStreamsCleanly:
-    """LangServe's stream endpoints send their `event: error` and then re-raise, which makes uvicorn cut the
-    connection mid-body. This ends such a response properly instead (the error is logged, not lost)."""
+class CancelWhenClientLeaves:
+    """LangServe's /invoke and /batch answer only at the end, and nothing watches their connection meanwhile: a
+    batch ran on for 14 s after its client had gone. Here the request is cancelled as soon as the client goes
+    (and with it every run of its batch: `cancel_batches_together`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].rstrip("/").endswith(
+                ("/invoke", "/batch")):
+            await self.app(scope, receive, send)
+            return
+        body = await receive()  # the whole body, as RequestLimits hands it on
+        if body["type"] == "http.disconnect":
+            return
+        gone = asyncio.Event()
+        answered = False
+        delivered = False
+
+        async def app_receive() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return body
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
+            await send(message)
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass  # no more body can come: RequestLimits read it all
+            gone.set()
+
+        app = asyncio.ensure_future(self.app(scope, app_receive, tracking_send))
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait((app, watcher), return_when=asyncio.FIRST_COMPLETED)
+            if not app.done() and not answered:  # the client left before its answer: stop the work
+                log.info("%s: the client left; cancelling its request", scope["path"])
+                app.cancel()
+            try:
+                await app
+            except asyncio.CancelledError:
+                if not gone.is_set():
+                    raise  # we ourselves are being cancelled
+        finally:
+            watcher.cancel()
+            if not app.done():
+                app.cancel()
+
+
+async def _batch_together(self: Runnable[Any, Any], inputs: list[Any],
+                          config: RunnableConfig | list[RunnableConfig] | None = None, *,
+                          return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
+    """`Runnable.abatch`, but its runs live and die together: when one fails (the local model refuses it) or the
+    request is cancelled (its client left), every other run is cancelled, and its generation stops.
+    (LangChain's abatch gathers its runs: the first failure is raised while the others run on.)"""
+    if return_exceptions:  # LangServe never asks for it; kept for any other caller
+        return await type(self).abatch(self, inputs, config, return_exceptions=True, **kwargs)
+    configs = get_config_list(config, len(inputs))
+    try:
+        async with asyncio.TaskGroup() as runs:
+            tasks = [runs.create_task(self.ainvoke(one, one_config, **kwargs))
+                     for one, one_config in zip(inputs, configs)]
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None  # the first failure, as abatch would raise it (a typed error: 503…)
+    return [task.result() for task in tasks]
+
+
+def cancel_batches_together(chain: Runnable[Any, Any]) -> None:
+    """Installs `_batch_together` as this chain's `abatch` (what LangServe's /batch calls)."""
+    chain.abatch = types.MethodType(_batch_together, chain)  # type: ignore[method-assign]
+
+
+_CONFIG_HASH = re.compile(r"/c/([^/]*)")
+_PLAYGROUND_SUBDIRECTORY = re.compile(r"^/[^/]+/playground/.+/$")
+
+
+class PathLimits:
+    """Paths refused before any route decodes them: a LangServe config hash (`/<chain>/c/<hash>/…`) longer than
+    MAX_CONFIG_HASH_CHARS (LangServe decompresses it in full first: a 64 KB hash grew to 392 million characters
+    and 1.1 GB), a NUL byte (a 500 from the file system), a directory under a LangServe playground (a 500 with
+    the site-packages path in it)."""
+
+    def __init__(self, app: ASGIApp, max_config_hash_chars: int) -> None:
+        self.app = app
+        self.max_config_hash_chars = max_config_hash_chars
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            hashed = _CONFIG_HASH.search(path)
+            if hashed is not None and len(hashed.group(1)) > self.max_config_hash_chars:
+                await refuse(414, "config_hash_too_long", f"the config hash has {len(hashed.group(1))} characters, "
+                             f"more than MAX_CONFIG_HASH_CHARS={self.max_config_hash_chars}")(scope, receive, send)
+                return
+            if "\x00" in path:
+                await refuse(400, "invalid_path", "the path contains a NUL byte")(scope, receive, send)
+                return
+            if _PLAYGROUND_SUBDIRECTORY.match(path):
+                await refuse(404, "not_found", "not found")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class AnswerFailures:
+    """An exception that escapes a route: before the response has started, answered here with the status that
+    names its cause (chains.errors) and no exception text (an id that the log has too); the connection stays
+    usable. (Left to Starlette, the exception is re-raised after the 500 and uvicorn drops the connection.)
+    After it has started — LangServe's stream endpoints send their `event: error` and then re-raise — the
+    response is ended properly instead of cut mid-body."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -265,8 +468,11 @@ class EndStreamsCleanly:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except Exception:
-            if not state["started"] or state["complete"]:
-                raise
-            log.warning("%s failed after its response started; ending it cleanly", scope["path"], exc_info=True)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except Exception as exc:
+            if not state["started"]:
+                await failure_response(exc, f'{scope["method"]} {scope["path"]}')(scope, receive, send)
+            elif not state["complete"]:
+                log.warning("%s failed after its response started; ending it cleanly", scope["path"], exc_info=True)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                log.warning("%s failed after its response was sent", scope["path"], exc_info=True)

@@ -1,4 +1,5 @@
-"""Input limits, checked where inputs are validated (every route's pydantic models). Set once at start-up."""
+"""Input limits, checked where inputs are validated (every route's pydantic models): every text field goes
+through `within_limit` (or `user_text`). Set once at start-up."""
 
 from __future__ import annotations
 
@@ -26,8 +27,17 @@ def user_text(text: str) -> str:
 
 
 def within_limit(text: str) -> str:
+    """Any text a request gives: at most MAX_INPUT_CHARS, and valid Unicode."""
     if len(text) > LIMITS.max_input_chars:
         raise ValueError(f"has {len(text)} characters, more than MAX_INPUT_CHARS={LIMITS.max_input_chars}")
+    if not text.isascii():
+        # JSON's "\ud800" is a lone surrogate: not Unicode, so neither the model's tokenizer nor a response
+        # can encode it (it was a 500 from the local model, a broken stream from /stream_events).
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"has an unpaired surrogate (U+{ord(text[exc.start]):04X} at character {exc.start}): "
+                             "not valid Unicode") from None
     return text
 
 

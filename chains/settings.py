@@ -85,6 +85,20 @@ class Settings(BaseSettings):
     max_messages: int = Field(100, ge=1, description="turns in one conversation")
     max_streams_per_client: int = Field(32, ge=0, description="model requests in flight per client IP; 0: no limit")
 
+    # Hardening against slow, large and repeated requests (README, Security): the connection limits are enforced
+    # by chains.http_protocol (uvicorn --http chains.http_protocol:Utf8RequestLineProtocol), the rest by
+    # chains.guards and chains.auth.
+    max_header_bytes: int = Field(65_536, ge=4096, le=16_777_216, description="request line + headers (431 beyond)")
+    header_timeout: float = Field(10.0, gt=0, le=600, description="seconds to send a request line and headers (408)")
+    body_timeout: float = Field(60.0, gt=0, le=3600, description="seconds to send a whole request body (408)")
+    min_body_rate: int = Field(1024, ge=0, description="bytes/s a body must average once it has had "
+                               "min(5 s, BODY_TIMEOUT); 0: any")
+    max_connections: int = Field(2048, ge=1, description="open connections per worker (503 beyond)")
+    max_batch_inputs: int = Field(16, ge=1, le=1000, description="inputs in one LangServe /batch (422 beyond)")
+    max_config_hash_chars: int = Field(1024, ge=16, le=65_536, description="a /c/<hash>/ path's hash (414 beyond)")
+    auth_failure_limit: int = Field(10, ge=1, description="wrong keys per client address per window (429 beyond)")
+    auth_failure_window: float = Field(60.0, gt=0, le=86_400, description="the window of AUTH_FAILURE_LIMIT (s)")
+
     # When set, every route but /health needs one of these keys (Bearer, X-API-Key, or the sign-in cookie).
     api_keys: Annotated[list[SecretStr], NoDecode] = []
 

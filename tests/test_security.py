@@ -28,7 +28,9 @@ def limited_server() -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="module")
 def keyed_server() -> Iterator[LiveServer]:
-    live = start_app("keyed-server", CHAT_PROVIDER="fake", API_KEYS=",".join(KEYS), FAKE_TOKEN_DELAY_MS="20")
+    # Wrong keys are tried on purpose here, from one address: the throttle is tested in test_attacks.py.
+    live = start_app("keyed-server", CHAT_PROVIDER="fake", API_KEYS=",".join(KEYS), FAKE_TOKEN_DELAY_MS="20",
+                     AUTH_FAILURE_LIMIT="1000")
     yield live
     stop_process(live)
 
