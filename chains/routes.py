@@ -17,7 +17,9 @@ from fastapi import APIRouter, Body, Query
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, model_validator
 
-from chains.chat import BoundedText, ChatChain, ChatMessage, UserText, check_conversation
+from chains.chat import (
+    BoundedText, ChatChain, ChatMessage, ConversationInput, SystemPromptInput, UserText, check_conversation,
+)
 from chains.protocol import ErrorEvent, JsonEvents, RawText, StartEvent, TokenEvent
 from chains.settings import Settings
 from chains.streaming import StreamOptions, TokenStreamResponse, token_events
@@ -70,18 +72,6 @@ class ChatDefaults(BaseModel):
     max_messages: int = Field(description="turns in one conversation")
 
 
-class ConversationRequest(BaseModel):
-    """The tutorial's `/chat-conversation` body."""
-
-    messages: list[ChatMessage] = Field(min_length=1)
-    system_prompt: SystemPrompt | None = None
-
-    @model_validator(mode="after")
-    def _within_limits(self) -> ConversationRequest:
-        check_conversation(self.messages, self.system_prompt)
-        return self
-
-
 def sse_responses(events: list[str], data: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI for a `text/event-stream`: on OpenAPI 3.1 the schema describes one parsed event (as the 3.2
     `itemSchema` does), its `data` a string."""
@@ -128,9 +118,13 @@ def chat_router(chains: dict[str, ChatChain], settings: Settings) -> APIRouter:
 
     def chat_stream(message: str | None, messages: list[ChatMessage] | None, system_prompt_text: str | None,
                     params: StreamParams) -> TokenStreamResponse:
+        # The request model has validated every field with the chain input's own types and limits: the chain
+        # gets an instance, which it does not validate again.
         if messages is not None:
-            return stream(conversation, {"messages": messages, "system_prompt": system_prompt_text}, options(params))
-        return stream(system_prompt, {"message": message, "system_prompt": system_prompt_text}, options(params))
+            return stream(conversation, ConversationInput.model_construct(
+                messages=messages, system_prompt=system_prompt_text), options(params))
+        return stream(system_prompt, SystemPromptInput.model_construct(
+            message=message, system_prompt=system_prompt_text), options(params))
 
     @router.get("/chat/defaults")
     async def chat_defaults() -> ChatDefaults:
@@ -160,10 +154,9 @@ def chat_router(chains: dict[str, ChatChain], settings: Settings) -> APIRouter:
         return stream(single_turn, message, options(), raw=True)
 
     @router.post("/chat-conversation", responses=RAW_SSE)
-    async def chat_conversation(request: ConversationRequest) -> TokenStreamResponse:
+    async def chat_conversation(request: ConversationInput) -> TokenStreamResponse:
         """The tutorial's section 3: a conversation, raw `data:` text, then `event: done` / `data: Completed`."""
-        return stream(conversation, {"messages": request.messages, "system_prompt": request.system_prompt},
-                      options(), raw=True)
+        return stream(conversation, request, options(), raw=True)
 
     @router.post("/chat-buffered", responses=RAW_SSE)
     async def chat_buffered(message: Annotated[UserText, Query()],
