@@ -9,8 +9,8 @@ which is what a browser would have sent. Headers and bodies are untouched.
 Limits (uvicorn's httptools protocol has none of them; the settings are in chains/settings.py):
 - MAX_HEADER_BYTES: the request line and headers together; beyond, 431 and the connection is closed (without a
   cap, a never-ending header is buffered in full: 400 connections × 4 MB took the server to 1.9 GB).
-- HEADER_TIMEOUT: from the connection's first byte (or its opening) to the end of the headers; beyond, 408
-  (slowloris: connections that never finish their headers).
+- HEADER_TIMEOUT: from the connection's opening (or, on a kept-alive one, a request's first byte) to the end of
+  the headers; beyond, 408 — or just closed, if not a byte came (slowloris: connections that never finish).
 - BODY_TIMEOUT and MIN_BODY_RATE: the body must arrive within BODY_TIMEOUT, and at MIN_BODY_RATE bytes/s on
   average once it has had min(5 s, BODY_TIMEOUT); beyond, 408. Time the app is not reading (flow control) and
   time after it has answered do not count against the client.
@@ -192,9 +192,14 @@ class Utf8RequestLineProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self._reading_head and not self._refused and not self.transport.is_closing():
-            self._refuse(408, "header_timeout", f"the request line and headers took longer than "
-                         f"HEADER_TIMEOUT={LIMITS.header_timeout:g}s")
+        if not self._reading_head or self._refused or self.transport.is_closing():
+            return
+        if self._head_events == 0:  # not a byte since it opened (a browser's preconnect, or an idle attacker)
+            self._refused = True
+            self.transport.close()
+            return
+        self._refuse(408, "header_timeout", f"the request line and headers took longer than "
+                     f"HEADER_TIMEOUT={LIMITS.header_timeout:g}s")
 
     def _refuse_head_too_large(self) -> None:
         self._refuse(431, "headers_too_large", "the request line and headers are larger than "
