@@ -82,7 +82,7 @@ run: $(RUNTIME) $(if $(shell command -v npm),playground)
 # `npm ci` only when the lock changes; a rebuild only when a source changes. `make run` builds them when npm exists
 # and otherwise serves a notice there; the plain page at /playground/ needs no build.
 NPM_STAMP := playground/node_modules/.npm-ci-stamp
-PLAYGROUND_SHARED := playground/package.json playground/sse-client.js playground/markdown.js playground/style.css
+PLAYGROUND_SHARED := playground/package.json $(wildcard playground/shared/*.js playground/shared/*.css)
 playground_sources = $(shell find playground/$(1) -path playground/$(1)/dist -prune -o -type f -print)
 
 $(NPM_STAMP): playground/package.json playground/package-lock.json

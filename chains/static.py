@@ -1,32 +1,23 @@
-"""The typewriter pages: playground/ holds the plain page beside the React and Vue sources (and, once built,
-node_modules); only the pages themselves are served."""
+"""The typewriter pages. Each folder of playground/ that is served holds only what it serves, so each is a plain
+StaticFiles mount: plain/ (the page without a build), shared/ (the modules, stylesheet and vendored libraries the
+three pages share), the React and Vue builds, and the README's screenshots. package.json, node_modules and the
+React and Vue sources sit beside them, under no mount."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException
-from starlette.responses import Response
+from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
-
-
-class PlainPage(StaticFiles):
-    """The plain page's own files (top-level .html, .js, .css), its vendored libraries (vendor/) and the README
-    screenshots; nothing else."""
-
-    async def get_response(self, path: str, scope: Scope) -> Response:
-        top_level_asset = "/" not in path and path.endswith((".html", ".js", ".css"))
-        if path not in ("", ".") and not top_level_asset and not path.startswith(("screenshots/", "vendor/")):
-            raise HTTPException(404)
-        return await super().get_response(path, scope)
 
 
 def mount_playgrounds(app: FastAPI, root: Path) -> None:
-    """/playground/react/ and /playground/vue/ serve their Vite builds (`make playground`; a notice page until
-    built), /playground/ the plain page."""
+    """/playground/ the plain page, /playground/shared/ what the pages share, /playground/react/ and
+    /playground/vue/ their Vite builds (`make playground`; a notice page until built), /playground/screenshots/."""
     for framework in ("react", "vue"):
         built = root / framework / "dist"
         app.mount(f"/playground/{framework}", StaticFiles(directory=built if built.is_dir() else root / "not-built",
                                                           html=True), name=f"playground-{framework}")
-    app.mount("/playground", PlainPage(directory=root, html=True), name="playground")
+    for folder in ("shared", "screenshots"):  # before /playground, which would take their paths too
+        app.mount(f"/playground/{folder}", StaticFiles(directory=root / folder), name=f"playground-{folder}")
+    app.mount("/playground", StaticFiles(directory=root / "plain", html=True), name="playground")

@@ -2,7 +2,7 @@
 
 Hooks (data-testid): messages (the log), message (data-role user|assistant, data-status
 streaming|done|stopped|error), message-text (the user's text exactly; the assistant's reply rendered as markdown by
-playground/markdown.js), cursor, copy (a code block's Copy button), stats (data-token-count), error (data-kind
+playground/shared/markdown.js), cursor, copy (a code block's Copy button), stats (data-token-count), error (data-kind
 server|network|http), stopped, input, send, stop, system-prompt, clear.
 """
 
@@ -34,7 +34,7 @@ RECORD_REPLY_STATES = """
 
 RENDER_MARKDOWN = """
 async (text) => {
-  const { renderMarkdown } = await import('/playground/markdown.js');
+  const { renderMarkdown } = await import('/playground/shared/markdown.js');
   const box = document.createElement('div');
   box.innerHTML = renderMarkdown(text);
   return {html: box.innerHTML, text: box.textContent};
@@ -125,7 +125,7 @@ class Chat:
         return self.reply(index).get_by_test_id("message-text").inner_html()
 
     def rendered(self, markdown: str) -> dict[str, str]:
-        """How the shared playground/markdown.js renders a finished `markdown` reply: {html, text}. Computed on a
+        """How the shared playground/shared/markdown.js renders a finished `markdown` reply: {html, text}. Computed on a
         plain page of the same browser (the React and Vue bundles do not expose the module)."""
         page = self.page.context.new_page()
         try:

@@ -167,7 +167,7 @@ def test_markdown_renders_as_it_streams_and_the_model_text_never_runs(markdown_s
 
 EVERY_PREFIX = """
 async ({text, flags}) => {
-  const { renderMarkdown } = await import('/playground/markdown.js');
+  const { renderMarkdown } = await import('/playground/shared/markdown.js');
   const box = document.createElement('div');
   document.body.append(box); // live in the document: anything that could run, would
   const count = (selector) => box.querySelectorAll(selector).length;
@@ -197,7 +197,7 @@ def test_every_prefix_of_a_streamed_reply_renders_cleanly(markdown_server: LiveS
 
 RENDER_STREAMING = """
 async (texts) => {
-  const { renderMarkdown } = await import('/playground/markdown.js');
+  const { renderMarkdown } = await import('/playground/shared/markdown.js');
   const box = document.createElement('div');
   return texts.map((text) => {
     box.innerHTML = renderMarkdown(text, {streaming: true});
@@ -230,7 +230,7 @@ def test_half_written_markdown_is_settled_while_streaming(markdown_server: LiveS
 
 SANITIZE = """
 async ({texts, flags}) => {
-  const { renderMarkdown } = await import('/playground/markdown.js');
+  const { renderMarkdown } = await import('/playground/shared/markdown.js');
   const out = [];
   for (const text of texts) {
     const box = document.createElement('div');
@@ -292,25 +292,27 @@ def test_hostile_text_is_shown_and_never_run(markdown_server: LiveServer, page: 
 def test_vendored_libraries_are_the_pinned_npm_builds() -> None:
     package = json.loads((PLAYGROUND / "package.json").read_text())
     lock = json.loads((PLAYGROUND / "package-lock.json").read_text())
-    notes = (PLAYGROUND / "vendor" / "README.md").read_text()
+    notes = (PLAYGROUND / "shared" / "vendor" / "README.md").read_text()
     for vendored, (name, path, version) in VENDORED.items():
         assert package["dependencies"][name] == version, "pinned exactly (npm install --save-exact)"
         assert lock["packages"][f"node_modules/{name}"]["version"] == version
-        data = (PLAYGROUND / "vendor" / vendored).read_bytes()
+        data = (PLAYGROUND / "shared" / "vendor" / vendored).read_bytes()
         assert data == (PLAYGROUND / "node_modules" / name / path).read_bytes(), f"{vendored} differs from npm's"
         assert version.encode() in data[:400] and b"licen" in data[:400].lower()  # the licence header, kept
         assert f"| {version} |" in notes
-    index = (PLAYGROUND / "index.html").read_text()
+    index = (PLAYGROUND / "plain" / "index.html").read_text()
     imports = json.loads(re.search(r'<script type="importmap">(.*?)</script>', index, re.S).group(1))["imports"]
-    assert imports == {"marked": "./vendor/marked.esm.js", "dompurify": "./vendor/purify.es.mjs"}
+    assert imports == {"marked": "/playground/shared/vendor/marked.esm.js",
+                       "dompurify": "/playground/shared/vendor/purify.es.mjs"}
     assert not re.search(r'(src|href)="(https?:)?//', index), "no CDN"
 
 
 def test_plain_page_serves_its_vendored_libraries_only(markdown_server: LiveServer) -> None:
-    for path in ("vendor/marked.esm.js", "vendor/purify.es.mjs", "markdown.js"):
+    for path in ("shared/vendor/marked.esm.js", "shared/vendor/purify.es.mjs", "shared/markdown.js"):
         response = httpx.get(f"{markdown_server.url}/playground/{path}")
         assert response.status_code == 200, path
         assert response.headers["content-type"].startswith("text/javascript")  # module scripts need a JS type
         assert response.content == (PLAYGROUND / path).read_bytes()
-    for path in ("vendor/../package.json", "node_modules/marked/lib/marked.esm.js", "package-lock.json"):
+    for path in ("shared/vendor/../../package.json", "shared/../package.json", "node_modules/marked/lib/marked.esm.js",
+                 "package-lock.json"):
         assert httpx.get(f"{markdown_server.url}/playground/{path}").status_code == 404, path

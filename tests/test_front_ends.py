@@ -1,8 +1,8 @@
 """The typewriter chats in headless Chromium against live servers: the plain page (/playground/), React
 (/playground/react/) and Vue (/playground/vue/) pass the same tests through the same data-testid hooks.
 
-Needs `make playground` (the Vite builds); `make test` runs it first. The shared client module is also tested on
-its own, in the browser, at the end.
+Needs `make playground` (the Vite builds); `make test` runs it first. The shared modules (playground/shared/: the
+chat state, the streaming client) are also tested on their own, in the browser, at the end.
 """
 
 from __future__ import annotations
@@ -411,7 +411,72 @@ def test_keyboard_only_use(long_fake_server, page: Page, front_end: str) -> None
     assert not chat.page_errors
 
 
+BOX_HEIGHT = "() => document.querySelector('[data-testid=input]').getBoundingClientRect().height"
+
+
+def test_message_box_grows_with_its_text_up_to_its_limit(fake_server, page: Page, front_end: str) -> None:
+    chat = Chat(page, fake_server, front_end).open()
+    one_line = page.evaluate(BOX_HEIGHT)
+    chat.input.fill("line\n" * 3 + "line")
+    page.wait_for_function(f"() => ({BOX_HEIGHT})() > {one_line * 1.8}")
+    four_lines = page.evaluate(BOX_HEIGHT)
+    chat.input.fill("line\n" * 40)
+    limit = chat.input.evaluate("e => parseFloat(getComputedStyle(e).maxHeight)")
+    page.wait_for_function(f"() => ({BOX_HEIGHT})() > {four_lines}")
+    assert page.evaluate(BOX_HEIGHT) <= limit + 1, "the box grows past its max-height"
+    chat.input.press("Enter")  # sent: the box is emptied, and shrinks back
+    chat.wait_for_reply_end(1)
+    page.wait_for_function(f"() => ({BOX_HEIGHT})() < {one_line + 1}")
+    assert not chat.page_errors
+
+
+# --- the server's defaults -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def english_server() -> Iterator[LiveServer]:
+    server = start_app("fe-english-server", CHAT_PROVIDER="fake", FAKE_REPLY_TOKENS="5",
+                       SYSTEM_PROMPT="Answer in English.")
+    yield server
+    stop_process(server)
+
+
+def test_system_prompt_field_starts_with_the_servers(english_server, page: Page, front_end: str) -> None:
+    """GET /chat/defaults fills the field: SYSTEM_PROMPT, not a copy of the tutorial's default in the pages."""
+    chat = Chat(page, english_server, front_end).open()
+    expect(chat.system_prompt).to_have_value("Answer in English.")
+    chat.exchange("hi")
+    assert chat.chat_bodies() == [{"messages": [{"role": "user", "content": "hi"}],
+                                   "system_prompt": "Answer in English."}]
+    assert not chat.page_errors and not chat.console_errors
+
+
+def test_no_page_carries_a_copy_of_the_default_system_prompt() -> None:
+    playground = ROOT / "playground"
+    files = [path for folder in ("plain", "shared", "react/src", "vue/src", "react/dist", "vue/dist")
+             for path in (playground / folder).rglob("*") if path.suffix in (".html", ".js", ".jsx", ".vue")]
+    assert len(files) > 10
+    assert [path for path in files if DEFAULT_SYSTEM_PROMPT in path.read_text()] == []
+
+
 # --- origin, layout, screenshots -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("path", "status"), [
+    ("/playground/", 200), ("/playground/app.js", 200), ("/playground/shared/chat.js", 200),
+    ("/playground/shared/sse-client.js", 200), ("/playground/shared/markdown.js", 200),
+    ("/playground/shared/style.css", 200), ("/playground/shared/vendor/purify.es.mjs", 200),
+    ("/playground/screenshots/plain-desktop.png", 200), ("/playground/react/", 200), ("/playground/vue/", 200),
+    ("/playground/package.json", 404), ("/playground/package-lock.json", 404),
+    ("/playground/node_modules/vite/package.json", 404), ("/playground/shared/node_modules/vite/package.json", 404),
+    ("/playground/react/src/main.jsx", 404), ("/playground/react/vite.config.js", 404),
+    ("/playground/vue/src/TokenStreamChat.vue", 404), ("/playground/vue/vite.config.js", 404),
+    ("/playground/plain/app.js", 404), ("/playground/shared/", 404), ("/playground/../server.py", 404),
+])
+def test_each_served_folder_holds_only_what_it_serves(fake_server, path: str, status: int) -> None:
+    """playground/plain/, shared/, screenshots/ and the Vite builds are plain StaticFiles mounts: package.json,
+    node_modules and the React and Vue sources sit beside them, under none."""
+    assert httpx.get(fake_server.url + path).status_code == status
+
+
 
 def test_no_request_leaves_the_origin_and_screenshots(fake_server, browser: Browser, front_end: str) -> None:
     name = name_of(front_end)
@@ -457,11 +522,45 @@ def test_plain_page_keeps_the_langserve_links(fake_server, page: Page) -> None:
         assert httpx.get(fake_server.url + href, follow_redirects=True).status_code == 200
 
 
-# --- the shared client module, on its own -------------------------------------------------------------------------
+# --- the shared modules, on their own -------------------------------------------------------------------------------
+
+SETTLE = """
+async () => {
+  const { conversationFor, settle } = await import('/playground/shared/chat.js');
+  const done = {full_response: 'hi', token_count: 1};
+  const error = {status: 'error', kind: 'network', message: 'dropped'};
+  return {
+    done: settle({status: 'done', done}, 'hi'),
+    partial: settle({status: 'stopped'}, 'h'),
+    nothing: settle({status: 'stopped'}, ''),
+    error: settle(error, 'h'),
+    history: conversationFor([{role: 'user', content: 'a'}, {role: 'assistant', content: 'b'},
+                              {role: 'user', content: 'c', inHistory: false},
+                              {role: 'assistant', content: '', inHistory: false}], 'd'),
+  };
+}
+"""
+
+
+def test_outcome_to_message_state(fake_server, page: Page) -> None:
+    """The one copy of "stream outcome → message state" (shared/chat.js) the three pages use."""
+    page.goto(fake_server.url + "/playground/")
+    result = page.evaluate(SETTLE)
+    assert result["done"] == {"reply": {"status": "done", "stats": {"full_response": "hi", "token_count": 1}},
+                              "user": None}
+    assert result["partial"] == {"reply": {"status": "stopped"}, "user": None}  # what the model said stays
+    assert result["nothing"] == {"reply": {"status": "stopped", "inHistory": False}, "user": {"inHistory": False}}
+    assert result["error"] == {"reply": {"status": "error", "error": {"status": "error", "kind": "network",
+                                                                      "message": "dropped"},
+                                         "inHistory": False},
+                               "user": {"inHistory": False}}  # a failed exchange is not sent again
+    assert result["history"] == [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                                 {"role": "user", "content": "d"}]
+
 
 PARSE = """
 async (chunks) => {
-  const { SSEParser } = await import('/playground/sse-client.js');
+  const { SSEParser } = await import('/playground/shared/sse-client.js');
   const events = [];
   const parser = new SSEParser((e) => events.push(e));
   for (const chunk of chunks) parser.feed(chunk);
@@ -495,7 +594,7 @@ def test_parser_follows_the_sse_line_rules(fake_server, page: Page) -> None:
 
 STREAM_WITH_FAKE_FETCH = """
 async ({chunks, keepOpen, status, abortAfter, contentType}) => {
-  const { streamChat } = await import('/playground/sse-client.js');
+  const { streamChat } = await import('/playground/shared/sse-client.js');
   const encoder = new TextEncoder();
   let cancelled = false;
   let stream;

@@ -1,8 +1,9 @@
-// The plain typewriter chat: no framework, no build. The React and Vue pages do the same with the same client.
+// The plain typewriter chat: no framework, no build. The chat's state and behaviour are shared with the React and
+// Vue pages (../shared/chat.js, served at /playground/shared/); this file only renders the state into the DOM.
 import {
-  DEFAULT_SYSTEM_PROMPT, conversationFor, errorText, formatStats, isSendKey, streamChat,
-} from './sse-client.js';
-import { copyCodeOnClick, renderMarkdown, tokensPerFrame } from './markdown.js';
+  ChatState, EMPTY_TEXT, autosize, connectChat, errorText, formatStats, fromKeyboard, navHtml, refocus, stoppedText,
+} from '/playground/shared/chat.js';
+import { renderMarkdown } from '/playground/shared/markdown.js';
 
 const $ = (id) => document.getElementById(id);
 const list = $('messages');
@@ -12,21 +13,13 @@ const stop = $('stop');
 const systemPrompt = $('system-prompt');
 const clear = $('clear');
 const composer = $('composer');
+const empty = $('empty');
 
-systemPrompt.value = DEFAULT_SYSTEM_PROMPT;
+$('nav').innerHTML = navHtml('plain');
+empty.textContent = EMPTY_TEXT;
 
-/** {role, content, status: done|streaming|stopped|error, inHistory, stats?, error?, el, text, html} */
-let messages = [];
-let controller = null; // the AbortController of the reply in flight
-let composing = false;
-
-function nearBottom() {
-  return list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-}
-
-function scrollToEnd() {
-  list.scrollTop = list.scrollHeight;
-}
+const chat = new ChatState();
+const shown = new Map(); // message id → {message (as last rendered), el, text, html}
 
 function element(tag, className, attrs = {}) {
   const el = document.createElement(tag);
@@ -46,30 +39,27 @@ function addMessage(message) {
     : element('span', 'text', { 'data-testid': 'message-text' });
   body.append(text);
   el.append(who, body);
-  message.el = el;
-  message.text = text;
-  messages.push(message);
-  $('empty')?.remove();
   list.append(el);
-  update(message);
-  scrollToEnd();
-  return message;
+  const entry = { el, text };
+  shown.set(message.id, entry);
+  return entry;
 }
 
 /** Brings a message's element in line with its state (text and cursor, stats, error, stopped note). */
-function update(message) {
-  const { el, text } = message;
+function update(entry, message) {
+  const { el, text } = entry;
+  entry.message = message;
   el.dataset.status = message.status;
   if (message.role === 'assistant') {
     // Sanitized markdown (markdown.js), with the cursor at the end of the text while it streams.
     const html = renderMarkdown(message.content, { streaming: message.status === 'streaming' });
-    if (message.html !== html) text.innerHTML = message.html = html;
+    if (entry.html !== html) text.innerHTML = entry.html = html;
   } else if (text.textContent !== message.content) {
     text.textContent = message.content; // exact text: white-space: pre-wrap
   }
   if (message.status === 'stopped' && !el.querySelector('.note')) {
     const note = element('p', 'note', { 'data-testid': 'stopped' });
-    note.textContent = message.content ? 'Stopped: partial reply' : 'Stopped before the first token';
+    note.textContent = stoppedText(message);
     el.append(note);
   }
   if (message.stats && !el.querySelector('.stats')) {
@@ -89,93 +79,49 @@ function update(message) {
   }
 }
 
-function setStreaming(streaming) {
+function render({ messages, streaming, systemPrompt: prompt, ready }) {
+  if (systemPrompt.value !== prompt) systemPrompt.value = prompt;
+  systemPrompt.disabled = streaming || !ready;
   input.disabled = streaming;
   send.disabled = streaming;
-  stop.disabled = !streaming;
-  systemPrompt.disabled = streaming;
   clear.disabled = streaming;
+  stop.disabled = !streaming;
   list.setAttribute('aria-busy', String(streaming));
+  if (!messages.length) {
+    shown.clear();
+    list.replaceChildren(empty);
+    return;
+  }
+  empty.remove();
+  for (const message of messages) {
+    const entry = shown.get(message.id) ?? addMessage(message);
+    if (entry.message !== message) update(entry, message);
+  }
 }
 
 async function sendMessage() {
   const text = input.value;
-  if (!text.trim() || controller) return;
-  const history = conversationFor(messages, text);
-  const fromKeyboard = composer.contains(document.activeElement); // Enter in the box, or Send by keyboard
-  const user = addMessage({ role: 'user', content: text, status: 'done' });
-  const reply = addMessage({ role: 'assistant', content: '', status: 'streaming' });
+  if (!chat.canSend(text)) return;
+  const keyboard = fromKeyboard(composer);
+  wiring.resume();
   input.value = '';
-  resize();
-  controller = new AbortController();
-  setStreaming(true);
-  if (fromKeyboard) stop.focus(); // the box and Send are disabled: keep keyboard users on the one useful control
-
-  const tokens = tokensPerFrame((text) => { // the whole reply is rendered again: at most once a frame
-    const stick = nearBottom();
-    reply.content += text;
-    update(reply);
-    if (stick) scrollToEnd(); // follow the reply unless the reader has scrolled up
-  });
-  const outcome = await streamChat({
-    body: { messages: history, system_prompt: systemPrompt.value },
-    signal: controller.signal,
-    onToken: tokens.push,
-  });
-  tokens.flush();
-
-  const stick = nearBottom();
-  if (outcome.status === 'done') {
-    reply.status = 'done';
-    reply.stats = outcome.done;
-    if (reply.content !== outcome.done.full_response) console.warn('streamed text differs from full_response');
-  } else if (outcome.status === 'stopped') {
-    reply.status = 'stopped';
-    // The partial reply is what the model said: it stays in the history, unless nothing came at all.
-    if (!reply.content) user.inHistory = reply.inHistory = false;
-  } else {
-    reply.status = 'error';
-    reply.error = outcome;
-    user.inHistory = reply.inHistory = false; // a failed exchange is not sent again
-  }
-  update(reply);
-  if (stick) scrollToEnd();
-  controller = null;
-  setStreaming(false);
-  const focusLost = [document.body, null, stop].includes(document.activeElement);
-  if (fromKeyboard || focusLost) input.focus(); // back to the box, unless the reader has moved on
+  autosize(input);
+  const finished = chat.send(text); // renders the exchange at once: Stop is enabled
+  if (keyboard) stop.focus(); // the box and Send are disabled: keep keyboard users on the one useful control
+  await finished;
+  refocus(keyboard, { box: input, stop });
 }
 
-function stopStreaming() {
-  controller?.abort();
-}
-
-function resize() {
-  input.style.height = 'auto';
-  input.style.height = `${Math.min(input.scrollHeight, 160)}px`;
-}
-
+chat.subscribe(render);
+const wiring = connectChat(chat, { list, box: input, send: sendMessage });
 composer.addEventListener('submit', (event) => {
   event.preventDefault();
   sendMessage();
 });
-input.addEventListener('compositionstart', () => { composing = true; });
-// Safari fires the committing Enter's keydown after compositionend: stay "composing" until the next task.
-input.addEventListener('compositionend', () => { setTimeout(() => { composing = false; }); });
-input.addEventListener('keydown', (event) => {
-  if (!isSendKey(event, composing)) return; // Shift+Enter adds a line; an IME's Enter commits its composition
-  event.preventDefault();
-  sendMessage();
-});
-input.addEventListener('input', resize);
-stop.addEventListener('click', stopStreaming);
-list.addEventListener('click', copyCodeOnClick); // the Copy buttons of code blocks
-document.addEventListener('keydown', (event) => {
-  if (event.key === 'Escape' && controller) stopStreaming();
-});
+systemPrompt.addEventListener('input', () => chat.setSystemPrompt(systemPrompt.value));
+stop.addEventListener('click', chat.stop);
 clear.addEventListener('click', () => {
-  messages = [];
-  list.replaceChildren();
+  chat.clear();
   input.focus();
 });
-window.addEventListener('pagehide', stopStreaming);
+chat.load();

@@ -3,7 +3,7 @@
  *
  * Libraries, pinned in package.json (`npm install --save-exact`): marked 18.2.1 (MIT) parses, DOMPurify 3.4.18
  * (MPL-2.0 or Apache-2.0) sanitizes. The React and Vue builds get them from npm; the plain page, which has no build
- * step, maps the same two specifiers to byte-identical copies in ./vendor/ with an import map (index.html).
+ * step, maps the same two specifiers to byte-identical copies in ./vendor/ with an import map (plain/index.html).
  *
  * The model's text never runs as HTML, by two independent layers:
  * 1. Raw HTML in the text (`<img onerror=…>`, `<script>`) is rendered as text: marked's `html` renderer escapes it,

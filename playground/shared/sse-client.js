@@ -70,14 +70,6 @@ export class SSEParser {
   }
 }
 
-/** The conversation as the server wants it: the turns that reached the model, oldest first, then the new one. */
-export function conversationFor(messages, text) {
-  const turns = messages
-    .filter((m) => m.inHistory !== false && (m.role === 'user' || m.role === 'assistant'))
-    .map((m) => ({ role: m.role, content: m.content }));
-  return [...turns, { role: 'user', content: text }];
-}
-
 /** "HTTP 422 Unprocessable Entity: <why>" from a refusal: FastAPI's `{detail}` or the server's `{error, type}`. */
 function httpErrorMessage(response, body) {
   let detail = body.trim();
@@ -182,35 +174,4 @@ export async function streamChat({ url = '/chat', body, signal, onStart, onToken
   if (outcome) return outcome;
   if (signal?.aborted) return { status: 'stopped' };
   return { status: 'error', kind: 'network', message: 'The connection closed before the reply was complete' };
-}
-
-/** "20 tokens · 1234.5 tokens/s · 0.02 s" from a `done` payload. */
-export function formatStats(done) {
-  const rate = Number(done.tokens_per_second);
-  const parts = [`${done.token_count} token${done.token_count === 1 ? '' : 's'}`,
-                 `${rate >= 100 ? rate.toFixed(0) : rate.toFixed(1)} tokens/s`];
-  if (typeof done.duration === 'number') parts.push(`${done.duration.toFixed(2)} s`);
-  return parts.join(' · ');
-}
-
-/** The inline text of a failed reply: a server error event, a refusal, a connection problem each read differently. */
-export const ERROR_LABELS = {
-  server: 'Server error',
-  http: 'Request refused',
-  network: 'Connection problem',
-};
-
-export function errorText(error) {
-  return `${ERROR_LABELS[error.kind] ?? 'Error'}: ${error.message}`;
-}
-
-export const DEFAULT_SYSTEM_PROMPT = '你是一个有用的助手';
-
-/**
- * Whether a keydown in the message box should send: Enter without Shift, and never an Enter that commits an IME
- * composition (Chinese, Japanese, …). Browsers disagree on how that Enter looks: `isComposing` is true in most,
- * Safari sends it after `compositionend` with keyCode 229, so the caller also tracks compositionstart/end.
- */
-export function isSendKey(event, composing = false) {
-  return event.key === 'Enter' && !event.shiftKey && !event.isComposing && event.keyCode !== 229 && !composing;
 }

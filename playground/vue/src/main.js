@@ -1,5 +1,5 @@
 import { createApp } from 'vue';
-import '../../style.css'; // the plain page's stylesheet: the three front ends look alike
+import '../../shared/style.css'; // the three front ends' one stylesheet: they look alike
 import TokenStreamChat from './TokenStreamChat.vue';
 
 createApp(TokenStreamChat).mount('#app');
