@@ -62,7 +62,7 @@ app.add_middleware(CORSMiddleware, allow_origin_regex=settings.cors_origin_regex
                    allow_headers=["*"], allow_credentials=True)
 install_error_handlers(app)
 
-chains = {name: make_chain(model) for name, make_chain in CHAINS.items()}
+chains = {name: make_chain(model, settings.system_prompt) for name, make_chain in CHAINS.items()}
 for name, chain in chains.items():
     add_routes(app, chain, path=f"/{name}", playground_type="chat" if name == "conversation" else "default",
                config_keys=())  # nothing in a client's `config` reaches a run (chains.guards.LangServeBodies)
