@@ -338,11 +338,13 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(fake_server:
 
 
 @pytest.mark.parametrize(("path", "status"), [
-    ("/playground/", 200), ("/playground/app.js", 200), ("/playground/sse-client.js", 200),
-    ("/playground/style.css", 200), ("/playground/screenshots/plain-desktop.png", 200),
+    ("/playground/", 200), ("/playground/app.js", 200), ("/playground/shared/sse-client.js", 200),
+    ("/playground/shared/style.css", 200), ("/playground/shared/vendor/marked.esm.js", 200),
+    ("/playground/screenshots/plain-desktop.png", 200),
     ("/playground/package.json", 404), ("/playground/package-lock.json", 404),
     ("/playground/node_modules/vite/package.json", 404), ("/playground/react/src/main.jsx", 404),
-    ("/playground/vue/vite.config.js", 404), ("/playground/../server.py", 404),
+    ("/playground/vue/vite.config.js", 404), ("/playground/../server.py", 404), ("/playground/plain/app.js", 404),
+    ("/playground/shared/%2e%2e/package.json", 404),
 ])
 def test_only_the_pages_themselves_are_served(fake_server: LiveServer, path: str, status: int) -> None:
     assert httpx.get(fake_server.url + path).status_code == status
