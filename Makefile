@@ -73,10 +73,10 @@ $(TESTDEPS): pyproject.toml $(RUNTIME)
 
 install: $(RUNTIME)
 
-# The custom protocol accepts raw UTF-8 in URLs, as the tutorial's curl sends them (chains/http_protocol.py).
+# The one launcher (chains/hosting/launcher.py): uvicorn with the project's request-line protocol (raw UTF-8 in URLs,
+# as the tutorial's curl sends them; header/body timeouts and connection limits).
 run: $(RUNTIME) $(if $(shell command -v npm),playground)
-	$(BIN)/uvicorn server:app --host $(HOST) --port $(PORT) --workers $(WORKERS) \
-	  --http chains.http_protocol:Utf8RequestLineProtocol --timeout-graceful-shutdown 10
+	$(BIN)/python -m chains.hosting --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 # The React and Vue front ends (Vite builds in playground/*/dist, served at /playground/react/ and /playground/vue/).
 # `npm ci` only when the lock changes; a rebuild only when a source changes. `make run` builds them when npm exists

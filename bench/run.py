@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 
 from bench.sse_client import StreamResult, sse_request
+from chains.hosting import launcher
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -94,12 +95,12 @@ class Server:
 def serve(target: str, **env: str) -> Iterator[Server]:
     """One uvicorn process (uvloop, httptools, no access log: the same for every contestant)."""
     port = free_port()
-    args = [sys.executable, "-m", "uvicorn", target, "--host", HOST, "--port", str(port), "--log-level", "warning",
-            "--no-access-log"]
-    if target == "server:app":
-        args += ["--http", "chains.http_protocol:Utf8RequestLineProtocol"]
-    if env.get("BENCH_WORKERS"):
-        args += ["--workers", env["BENCH_WORKERS"]]
+    workers = int(env.get("BENCH_WORKERS", "1"))
+    if target == "server:app":  # ours, as `make run` serves it; the baselines under plain uvicorn
+        args = launcher.command(HOST, port, workers, quiet=True)
+    else:
+        args = [sys.executable, "-m", "uvicorn", target, "--host", HOST, "--port", str(port), "--log-level",
+                "warning", "--no-access-log", "--workers", str(workers)]
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "OPENAI_", "FAKE_", "MAX_", "LOCAL_"))}
     process = subprocess.Popen(args, cwd=ROOT, env={**keep, **env}, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)

@@ -221,3 +221,8 @@ CHAINS: dict[str, ChainFactory] = {
     "system-prompt": system_prompt_chain,
     "conversation": conversation_chain,
 }
+
+
+def build_chains(model: BaseChatModel, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> dict[str, ChatChain]:
+    """Every chain over one model, by mount path."""
+    return {name: make_chain(model, system_prompt) for name, make_chain in CHAINS.items()}

@@ -86,8 +86,8 @@ class Settings(BaseSettings):
     max_streams_per_client: int = Field(32, ge=0, description="model requests in flight per client IP; 0: no limit")
 
     # Hardening against slow, large and repeated requests (README, Security): the connection limits are enforced
-    # by chains.http_protocol (uvicorn --http chains.http_protocol:Utf8RequestLineProtocol), the rest by
-    # chains.guards and chains.auth.
+    # by chains.hosting.http_protocol (served by the launcher, `make run`), the rest by
+    # the middleware (chains.middleware).
     max_header_bytes: int = Field(65_536, ge=4096, le=16_777_216, description="request line + headers (431 beyond)")
     header_timeout: float = Field(10.0, gt=0, le=600, description="seconds to send a request line and headers (408)")
     body_timeout: float = Field(60.0, gt=0, le=3600, description="seconds to send a whole request body (408)")

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from chains.hosting import launcher
 from chains.settings import embedded_model_path
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
@@ -99,12 +100,10 @@ def stop_process(server: LiveServer) -> None:
         server.process.wait()
 
 
-def start_app(name: str, **settings: str) -> LiveServer:
-    """`uvicorn server:app` on a free loopback port with exactly these settings."""
+def start_app(name: str, workers: int = 1, **settings: str) -> LiveServer:
+    """The app on a free loopback port with exactly these settings, served as `make run` serves it."""
     port = free_port()
-    args = [sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(port),
-            "--http", "chains.http_protocol:Utf8RequestLineProtocol"]  # as `make run` serves it
-    return start_process(args, clean_env(**settings), name, "/health", port)
+    return start_process(launcher.command(port=port, workers=workers), clean_env(**settings), name, "/health", port)
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from chains import auth
-from chains.auth import FailedAuth, KeyMatcher, presented_key
+from chains.middleware import auth
+from chains.middleware.auth import FailedAuth, KeyMatcher, presented_key
 
 KEY = "k3y-Alpha-7Q2x9Zr4"
 OTHER = "second-key-5d1c"

@@ -262,10 +262,7 @@ def test_sigterm_ends_open_streams_with_a_terminal_event_and_exits(tmp_path: Pat
 
 
 def test_two_workers_serve_every_route() -> None:
-    port = free_port()
-    args = [sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", "2", "--http", "chains.http_protocol:Utf8RequestLineProtocol"]
-    live = start_process(args, clean_env(CHAT_PROVIDER="fake"), "two-workers", "/health", port)
+    live = start_app("two-workers", workers=2, CHAT_PROVIDER="fake")
     try:
         for _ in range(3):
             for surface in SURFACES:

@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
+
+
+class ModelOverloadedError(RuntimeError):
+    """More callers are waiting for a model than its queue allows."""
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(f"the local model is busy: {waiting} requests already waiting")
+        self.waiting = waiting
+
+
+@runtime_checkable
+class AdmissionQueue(Protocol):
+    """A model that runs one generation at a time behind a bounded wait queue (the local one): the server asks
+    it before a request starts, and refuses what would not fit."""
+
+    @property
+    def pending(self) -> int:
+        """Generations running or waiting."""
+        ...
+
+    def free_places(self) -> int:
+        """How many more generations would be accepted now."""
+        ...
+
+
+def admission_queue(model: BaseChatModel) -> AdmissionQueue | None:
+    return model if isinstance(model, AdmissionQueue) else None
 
 
 class StreamedChatModel(BaseChatModel):

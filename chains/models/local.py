@@ -25,17 +25,9 @@ from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from pydantic import ConfigDict, PrivateAttr
 
-from chains.models.base import StreamedChatModel, final_chunk, token_chunk
+from chains.models.base import ModelOverloadedError, StreamedChatModel, final_chunk, token_chunk
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "chat": "user", "tool": "tool"}
-
-
-class ModelOverloadedError(RuntimeError):
-    """More callers are waiting for the local model than its queue allows."""
-
-    def __init__(self, waiting: int) -> None:
-        super().__init__(f"the local model is busy: {waiting} requests already waiting")
-        self.waiting = waiting
 
 
 class _Done:
@@ -114,9 +106,9 @@ class LlamaCppChatModel(StreamedChatModel):
         """Generations running or waiting for the decode thread."""
         return self._pending
 
-    def saturated(self) -> bool:
-        """True while a new generation would be refused: one running and `queue_size` waiting."""
-        return self._pending > self.queue_size
+    def free_places(self) -> int:
+        """Generations that would be accepted now: one running and `queue_size` waiting fill it."""
+        return self.queue_size + 1 - self._pending
 
     # -- the decode thread -------------------------------------------------------------------------------
 

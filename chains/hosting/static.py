@@ -11,7 +11,10 @@ from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
 
-def mount_playgrounds(app: FastAPI, root: Path) -> None:
+PLAYGROUND = Path(__file__).resolve().parents[2] / "playground"
+
+
+def mount_playgrounds(app: FastAPI, root: Path = PLAYGROUND) -> None:
     """/playground/ the plain page, /playground/shared/ what the pages share, /playground/react/ and
     /playground/vue/ their Vite builds (`make playground`; a notice page until built), /playground/screenshots/."""
     for framework in ("react", "vue"):

@@ -1,11 +1,14 @@
-"""The one streaming core behind every custom SSE route: chain → buffer → timeouts → encoded events.
+"""The one streaming core behind every SSE surface: chain → buffer → timeouts → encoded events.
+
+A surface configures it with `StreamOptions` and an encoding (an `EventFormat`); the core knows neither which
+model is behind the chain nor how the events look on the wire.
 
 A producer task iterates the chain's message chunks (`ChatChain.astream_messages`: the model's own token stream
 when nothing else listens) and appends each token to a list; the response's generator wakes when a
 group is ready (`buffer_size` tokens), when the oldest waiting token has waited `flush_ms`, or at the end, and
 encodes each event once. Timeouts cost nothing per token: a single timer re-arms itself from the time of the
 last token and cancels the producer only when a deadline has really passed. When the client goes away,
-`TokenStreamResponse` (sse-starlette's disconnect watch) cancels the generator, whose `finally` cancels the
+`TokenStreamResponse` (its disconnect watch) cancels the generator, whose `finally` cancels the
 producer, and with it the chain: the local model stops decoding, an upstream HTTP stream is closed.
 """
 
@@ -20,14 +23,13 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 from langchain_core.messages import AIMessageChunk
-from sse_starlette.sse import EventSourceResponse, ServerSentEvent
-from starlette.types import Send
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
+from chains.api.errors import describe_failure
+from chains.api.events import DoneEvent, ErrorEvent, EventFormat, StartEvent, Usage
 from chains.chat import ChatChain
-from chains.errors import describe_failure
-from chains.protocol import DoneEvent, ErrorEvent, EventFormat, StartEvent, Usage
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ class StreamOptions:
 # Generations in flight in this process, so that a shutdown can end each stream with a terminal event.
 _live: weakref.WeakSet[_Generation] = weakref.WeakSet()
 SHUTDOWN = ErrorEvent(error="the server is shutting down; try again", type="shutdown")
-SHUTDOWN_GRACE_SECONDS = 5.0
+HEARTBEAT = b": heartbeat\n\n"
 
 
 class _Generation:
@@ -183,7 +185,8 @@ async def token_events(chain: ChatChain, chain_input: Any, options: StreamOption
         event_id += 1
         if generation.failure is not None:
             kind, message = describe_failure(generation.failure)
-            log.warning("generation failed: %s", message)
+            if kind != "internal_error":  # an internal error has been logged in full already
+                log.warning("generation failed: %s", message)
             yield fmt.error(event_id, ErrorEvent(error=message, type=kind))
             return
         duration = time.perf_counter() - generation.started
@@ -197,35 +200,66 @@ async def token_events(chain: ChatChain, chain_input: Any, options: StreamOption
         generation.stop()
 
 
-class TokenStreamResponse(EventSourceResponse):
-    """sse-starlette's response (disconnect watch, heartbeat, shutdown signal) for pre-encoded events.
+def end_all_streams(reason: ErrorEvent = SHUTDOWN) -> None:
+    """Every generation in flight ends now, with `reason` as its terminal event and a clean close of its stream.
+    The hosting layer calls it when the server starts shutting down (chains.hosting.http_protocol)."""
+    for generation in list(_live):
+        generation.interrupt(reason)
 
-    Its own `stream_response` formats a debug log line (decoding each chunk) for every event even when debug
-    logging is off; this one only sends. The content type is exactly `text/event-stream` (SSE is UTF-8 by
-    definition; Starlette would append a charset).
+
+class TokenStreamResponse(StreamingResponse):
+    """A `text/event-stream` of pre-encoded events that owns its heartbeat and its disconnect watch.
+
+    The heartbeat is a comment sent only when nothing else was sent for `heartbeat_seconds` (one timer per
+    stream, nothing per event). The disconnect watch reads the request channel while the events flow, so a
+    client that goes away cancels the stream at once, not at the next failed write: the events' generator is
+    closed, and with it the generation. Ours rather than sse-starlette's response, whose private lock and state we
+    had to override. The content type is exactly `text/event-stream` (SSE is UTF-8 by definition; Starlette would
+    append a charset).
     """
 
     def __init__(self, events: AsyncIterator[bytes], heartbeat_seconds: float) -> None:
-        super().__init__(
-            events,
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
-            ping=heartbeat_seconds,
-            sep="\n",
-            ping_message_factory=lambda: ServerSentEvent(comment="heartbeat", sep="\n"),
-        )
+        super().__init__(events, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                          "X-Accel-Buffering": "no"})
+        self.heartbeat_seconds = heartbeat_seconds
+        self.last_sent = 0.0
+        self.finished = False
 
-    async def listen_for_exit_signal(self) -> None:  # type: ignore[override]
-        # On SIGTERM (uvicorn's handler, patched by sse-starlette) end every stream with a terminal event and a
-        # clean close rather than cutting it; returning from here cancels whatever is still sending.
-        await EventSourceResponse.listen_for_exit_signal()
-        for generation in list(_live):
-            generation.interrupt(SHUTDOWN)
-        await anyio.sleep(SHUTDOWN_GRACE_SECONDS)
-
-    async def stream_response(self, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        async for chunk in self.body_iterator:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        async with self._send_lock:
-            self.active = False
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self.last_sent = asyncio.get_running_loop().time()
+        tasks = (asyncio.ensure_future(self._send_events(send)), asyncio.ensure_future(self._watch_disconnect(receive)),
+                 asyncio.ensure_future(self._heartbeat(send)))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # the events' generator has closed after this
+        sending = tasks[0]
+        if sending in done and not sending.cancelled() and sending.exception() is not None:
+            raise sending.exception()  # type: ignore[misc]
+
+    async def _send_events(self, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        async with aclosing(self.body_iterator) as events:  # type: ignore[type-var]
+            async for chunk in events:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self.last_sent = loop.time()
+        self.finished = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @staticmethod
+    async def _watch_disconnect(receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    async def _heartbeat(self, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.last_sent + self.heartbeat_seconds - loop.time())
+            if self.finished:
+                return
+            if loop.time() - self.last_sent >= self.heartbeat_seconds:
+                await send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+                self.last_sent = loop.time()

@@ -16,7 +16,10 @@ Limits (uvicorn's httptools protocol has none of them; the settings are in chain
   time after it has answered do not count against the client.
 - MAX_CONNECTIONS: open connections in this worker; a request arriving on one beyond gets 503 + Retry-After.
 
-Use with `uvicorn server:app --http chains.http_protocol:Utf8RequestLineProtocol` (as `make run` does).
+It also tells the streaming core when the server starts shutting down, so that every open stream ends with a
+terminal event and a clean close (uvicorn calls `shutdown()` on each connection after SIGTERM).
+
+The launcher (chains.hosting.launcher, `make run`) serves the app with it.
 """
 
 from __future__ import annotations
@@ -30,13 +33,14 @@ from dataclasses import dataclass
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from chains.api.errors import RETRY_AFTER_SECONDS, ErrorType, error_body
+from chains.api.streaming import end_all_streams
+from chains.middleware.scope import PROTOCOL_MARK
+
 log = logging.getLogger(__name__)
 
 _NON_ASCII = re.compile(rb"[\x80-\xff]")
-# Set in each request's scope, so the app can tell that these limits are in force (chains.guards warns if not).
-SCOPE_MARK = "chains.http_protocol"
 BODY_RATE_GRACE_SECONDS = 5.0
-RETRY_AFTER_SECONDS = 1
 LINGER_SECONDS = 1.0  # after a refusal, how long what the client still sends is read and dropped
 
 
@@ -53,7 +57,7 @@ LIMITS = ConnectionLimits()
 
 
 def configure(**limits: float) -> None:
-    """Set once at start-up by server.py, from the settings (every worker imports it before serving)."""
+    """Set once at start-up by server.create_app, from the settings (every worker imports it before serving)."""
     for name, value in limits.items():
         if not hasattr(LIMITS, name):
             raise TypeError(f"unknown connection limit {name}")
@@ -70,6 +74,7 @@ class _Refused(Exception):
 
 class Utf8RequestLineProtocol(HttpToolsProtocol):
     _at_request_start = True
+    _streams_ended = False  # per process: set when the server starts shutting down
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -145,7 +150,7 @@ class Utf8RequestLineProtocol(HttpToolsProtocol):
         if self._head_timer is None:  # a later request on a kept-alive connection: its head gets the same time
             self._head_timer = self.loop.call_later(LIMITS.header_timeout, self._head_timed_out)
         super().on_message_begin()
-        self.scope["extensions"] = {SCOPE_MARK: {}}
+        self.scope["extensions"] = {PROTOCOL_MARK: {}}
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
@@ -232,12 +237,20 @@ class Utf8RequestLineProtocol(HttpToolsProtocol):
         else:
             self._arm_body_timer(min(1.0, LIMITS.body_timeout - elapsed))
 
-    def _refuse(self, status: int, kind: str, message: str, retry_after: bool = False) -> None:
+    def shutdown(self) -> None:
+        # The server is shutting down (SIGTERM): every open stream ends now with its terminal event, once per
+        # process, before uvicorn waits for the connections to finish.
+        if not Utf8RequestLineProtocol._streams_ended:
+            Utf8RequestLineProtocol._streams_ended = True
+            end_all_streams()
+        super().shutdown()
+
+    def _refuse(self, status: int, kind: ErrorType, message: str, retry_after: bool = False) -> None:
         """Answers with a JSON error in the app's `{error, type}` shape and closes the connection. Only called
         while no response has started on it."""
         self._refused = True
         self._cancel_timers()
-        body = json.dumps({"error": message, "type": kind}).encode()
+        body = json.dumps(error_body(kind, message)).encode()
         reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
         head = [b"HTTP/1.1 %d %s\r\n" % (status, reason.get(status, b"Error")),
                 b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body),

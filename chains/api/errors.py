@@ -1,0 +1,167 @@
+"""The one error model. Every refusal and every failure has one body, `{"error", "type"}` (`ErrorBody`), with a
+type from one list (`ErrorType`), built by one function (`refuse`); validation errors keep the shape FastAPI
+documents for every operation (`{"detail": [{"loc", "msg", "type"}]}`). A stream that fails after it started
+says the same in its `event: error`. Messages never hold a traceback, a path or a key: a failure without a
+name answers `internal_error` with an id under which the log has the whole exception."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from typing import Any, Literal
+
+import httpx
+import openai
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chains.models.base import ModelOverloadedError
+
+log = logging.getLogger(__name__)
+
+ErrorType = Literal[
+    # A request refused before anything ran (middleware, the request-line protocol, the routes).
+    "bad_request", "forbidden", "method_not_allowed", "unauthorized", "too_many_auth_failures", "cross_origin", "body_too_large", "unsupported_media_type",
+    "invalid_body", "invalid_path", "not_found", "config_hash_too_long", "too_many_streams", "too_many_connections",
+    "headers_too_large", "header_timeout", "body_timeout", "body_too_slow",
+    # A generation that could not run or stopped: the status of /invoke, /batch, or a stream's `event: error`.
+    "overloaded", "timeout", "upstream_error", "rate_limited", "upstream_auth", "shutdown", "internal_error",
+]
+
+
+class ErrorBody(BaseModel):
+    """What every refusal and failure answers (a stream's `event: error` has the same fields)."""
+
+    error: str = Field(description="what went wrong, for a person; never a traceback, path or key")
+    type: ErrorType = Field(description="what went wrong, for a program")
+    id: str | None = Field(None, description="internal_error only: the id under which the server logged it")
+
+
+STATUS_OF: dict[ErrorType, int] = {
+    "upstream_error": 502,
+    "upstream_auth": 502,  # our credentials upstream are wrong: not the caller's fault, so not 401
+    "rate_limited": 429,
+    "overloaded": 503,
+    "timeout": 504,
+    "shutdown": 503,
+    "internal_error": 500,
+}
+RETRY_AFTER_SECONDS = 1
+_KIND_OF_STATUS: dict[int, ErrorType] = {401: "unauthorized", 403: "forbidden", 404: "not_found",
+                                        405: "method_not_allowed"}
+_RETRY_LATER: set[ErrorType] = {"overloaded", "rate_limited", "shutdown", "too_many_streams",
+                                "too_many_connections", "too_many_auth_failures"}
+
+
+def error_body(kind: ErrorType, message: str, error_id: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": message, "type": kind}
+    if error_id is not None:
+        body["id"] = error_id
+    return body
+
+
+def refuse(status: int, kind: ErrorType, message: str, headers: dict[str, str] | None = None,
+           error_id: str | None = None) -> JSONResponse:
+    """The one way a request is refused. Kinds a client should retry later carry `Retry-After`."""
+    if kind in _RETRY_LATER:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **(headers or {})}
+    return JSONResponse(error_body(kind, message, error_id), status_code=status, headers=headers)
+
+
+def invalid(location: list[Any], message: str) -> JSONResponse:
+    """A 422 in the shape FastAPI documents for every operation (`HTTPValidationError`)."""
+    return JSONResponse({"detail": [{"loc": location, "msg": message, "type": "value_error"}]}, status_code=422)
+
+
+def describe_failure(exc: BaseException, what: str = "a generation") -> tuple[ErrorType, str]:
+    """A client-safe type and message for an exception: no traceback, no request headers, no key. One that has
+    no name here is logged in full (with `what` failed) under an id, and only the id is told."""
+    match exc:
+        case ModelOverloadedError():
+            return "overloaded", str(exc)
+        case openai.APITimeoutError() | httpx.TimeoutException():
+            return "timeout", "the upstream model did not answer in time"
+        case openai.RateLimitError():
+            return "rate_limited", "the upstream model is rate limited (HTTP 429)"
+        case openai.AuthenticationError() | openai.PermissionDeniedError():
+            return "upstream_auth", f"the upstream model refused the credentials (HTTP {exc.status_code})"
+        case openai.APIStatusError():
+            return "upstream_error", f"the upstream model failed (HTTP {exc.status_code})"
+        case openai.APIConnectionError():
+            return "upstream_error", "cannot reach the upstream model"
+        case httpx.HTTPError():
+            return "upstream_error", "the upstream stream broke off"
+        case json.JSONDecodeError() | openai.APIResponseValidationError():
+            return "upstream_error", "the upstream model sent a malformed response"
+        case _:
+            error_id = secrets.token_hex(6)
+            log.error("%s failed (error id %s)", what, error_id, exc_info=exc)
+            return "internal_error", f"internal error; the server logged it as {error_id}"
+
+
+def failure_response(exc: BaseException, what: str) -> JSONResponse:
+    """The answer to a request (`what`: method and path) that failed with `exc`."""
+    kind, message = describe_failure(exc, what)
+    if kind != "internal_error":
+        log.warning("%s failed: %s", what, message)
+    error_id = message.rsplit(" ", 1)[-1] if kind == "internal_error" else None
+    return refuse(STATUS_OF[kind], kind, message, error_id=error_id)
+
+
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+# Declared on every operation (FastAPI's `responses=`): what any route may answer besides its own 200 and 422.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": description, "model": ErrorBody}
+    for status, description in {
+        400: "invalid_body, invalid_path or bad_request", 403: "forbidden or cross_origin", 404: "not_found", 401: "unauthorized (when API keys are set)",
+        408: "header_timeout, body_timeout, body_too_slow", 413: "body_too_large", 414: "config_hash_too_long",
+        415: "unsupported_media_type", 429: "too_many_streams, too_many_auth_failures or rate_limited (Retry-After)",
+        431: "headers_too_large", 500: "internal_error (with the id the server logged it under)",
+        502: "upstream_error or upstream_auth", 503: "overloaded, too_many_connections or shutdown (Retry-After)",
+        504: "timeout",
+    }.items()
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Failures of the non-streaming endpoints (LangServe's /invoke, /batch) as a status naming the cause, and
+    every 422 in FastAPI's documented shape."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        # Only what escapes chains.middleware.answer_failures (which answers route failures) arrives here.
+        return failure_response(exc, f"{request.method} {request.url.path}")
+
+    async def invalid_input(request: Request, exc: Exception) -> JSONResponse:
+        # LangServe raises some 422s with bare strings as errors, and validates each /batch input only when it
+        # runs it; its `input` errors come with an empty location.
+        assert isinstance(exc, (ValidationError, RequestValidationError))
+        errors = [
+            {"loc": list(e.get("loc") or ["body", "input"]), "msg": str(e.get("msg", "")),
+             "type": str(e.get("type", "value_error"))}
+            if isinstance(e, dict) else {"loc": ["body"], "msg": str(e), "type": "value_error"}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 422 and isinstance(exc.detail, str):  # LangServe's, e.g. a batch config mismatch
+            return invalid(["body"], exc.detail)
+        if exc.status_code >= 500:  # whatever a library put in its detail stays in the log
+            return failure_response(exc, f"{request.method} {request.url.path}")
+        if exc.status_code < 400:
+            return await http_exception_handler(request, exc)
+        # Starlette's 404/405 and LangServe's own refusals, in the one error shape.
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail, ensure_ascii=False)
+        return refuse(exc.status_code, _KIND_OF_STATUS.get(exc.status_code, "bad_request"), detail,
+                      dict(exc.headers or {}))
+
+    app.add_exception_handler(ValidationError, invalid_input)
+    app.add_exception_handler(RequestValidationError, invalid_input)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, handle)

@@ -1,0 +1,62 @@
+"""What a generation streams, whatever the surface: its events as pydantic models, and the interface an encoding
+implements. The surfaces' encodings (chains.api.chat.protocol: the tutorial's JSON events and raw text) turn
+each into bytes once."""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+from chains.api.errors import ErrorType
+
+
+class StartEvent(BaseModel):
+    """`event: start` — the stream is open and generation begins."""
+
+    status: Literal["started"] = "started"
+    timestamp: float = Field(description="unix seconds")
+
+
+class TokenEvent(BaseModel):
+    """The default (`message`) event: the next token, or group of tokens when buffering."""
+
+    token: str
+    token_count: int = Field(description="token events sent so far, this one's included (not the model's tokens)")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int = Field(description="the model's own token count (a character can be several tokens)")
+    total_tokens: int
+
+
+class DoneEvent(BaseModel):
+    """`event: done` — the reply is complete. Concatenating every `token` gives `full_response`."""
+
+    status: Literal["completed"] = "completed"
+    full_response: str
+    token_count: int = Field(description="token events sent")
+    duration: float = Field(description="seconds from the first request to the model to the last token")
+    tokens_per_second: float
+    usage: Usage | None = Field(None, description="token usage when the model reports it")
+    finish_reason: str | None = Field(None, description="stop, length, … when the model reports it")
+
+
+class ErrorEvent(BaseModel):
+    """`event: error` — generation failed, timed out or was interrupted; the stream ends after it."""
+
+    error: str
+    type: ErrorType
+
+
+class EventFormat(Protocol):
+    """An encoding of a generation's events: each returns the bytes of one SSE event (the start may be none)."""
+
+    def start(self, event_id: int, event: StartEvent) -> bytes | None: ...
+
+    def tokens(self, event_id: int, text: str, token_count: int) -> bytes: ...
+
+    def done(self, event_id: int, event: DoneEvent) -> bytes: ...
+
+    def error(self, event_id: int, event: ErrorEvent) -> bytes: ...

@@ -1,0 +1,31 @@
+"""`/health` and the front door."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from fastapi.responses import RedirectResponse
+
+from chains.models.base import AdmissionQueue
+from chains.settings import Settings
+
+
+def meta_router(settings: Settings, admission: AdmissionQueue | None) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health", tags=["meta"])
+    async def health() -> dict[str, object]:
+        """Provider, model and readiness (the model loads before the server accepts requests), plus load: the
+        local model's generations running or waiting, and this worker's asyncio tasks."""
+        report: dict[str, object] = {"status": "ok", "ready": True, "provider": settings.provider,
+                                     "model": settings.model_name, "tasks": len(asyncio.all_tasks())}
+        if admission is not None:
+            report["generations"] = admission.pending
+        return report
+
+    @router.get("/", include_in_schema=False)
+    def index() -> RedirectResponse:
+        return RedirectResponse("/playground/")
+
+    return router

@@ -1,0 +1,3 @@
+from chains.hosting.launcher import main
+
+main()

@@ -1,0 +1,45 @@
+"""The one way to serve the app: uvicorn with the project's request-line protocol, used by `make run`, the tests
+and the bench. `uvicorn server:app` still serves the app, without the protocol's connection limits and without
+raw UTF-8 request lines (the tutorial's curl commands).
+
+    python -m chains.hosting [--host 127.0.0.1] [--port 8000] [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import uvicorn
+
+APP = "server:app"
+# The custom protocol is named here and nowhere else.
+PROTOCOL = "chains.hosting.http_protocol:Utf8RequestLineProtocol"
+# Streams get their terminal event at once on SIGTERM; this bounds how long a client that does not read may
+# keep the process alive after that.
+GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+def command(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, quiet: bool = False,
+            python: str = sys.executable) -> list[str]:
+    """The argv that serves the app, for a process of its own (the tests and the bench start it this way).
+    `quiet`: warnings only, no access log (the bench runs every contestant so)."""
+    return [python, "-m", "chains.hosting", "--host", host, "--port", str(port), "--workers", str(workers),
+            *(["--quiet"] if quiet else [])]
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, quiet: bool = False) -> None:
+    uvicorn.run(APP, host=host, port=port, workers=workers, http=PROTOCOL,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+                log_level="warning" if quiet else "info", access_log=not quiet)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m chains.hosting", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--quiet", action="store_true", help="warnings only, no access log")
+    args = parser.parse_args(argv)
+    serve(args.host, args.port, args.workers, args.quiet)

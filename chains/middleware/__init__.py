@@ -1,0 +1,41 @@
+"""Pure ASGI middleware, one concern a module (Starlette's BaseHTTPMiddleware would break disconnect detection on
+streams). `install` puts them in their one order; each `add_middleware` wraps the ones before it, so the last
+added is the outermost:
+
+    CORS → AnswerFailures → ApiKeyAuth → RequestLimits → PathLimits → LangServeBodies → StreamsPerClient
+         → ModelAdmission → CancelWhenClientLeaves → the routes
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from chains.middleware.admission import ModelAdmission
+from chains.middleware.answer_failures import AnswerFailures
+from chains.middleware.auth import ApiKeyAuth, FailedAuth, KeyMatcher
+from chains.middleware.body_limits import RequestLimits
+from chains.middleware.cancel_when_client_leaves import CancelWhenClientLeaves
+from chains.middleware.langserve_bodies import LangServeBodies
+from chains.middleware.path_limits import PathLimits
+from chains.middleware.streams_per_client import StreamsPerClient
+from chains.models.base import AdmissionQueue
+from chains.settings import Settings
+
+
+def install(app: FastAPI, settings: Settings, admission: AdmissionQueue | None,
+            keys: tuple[KeyMatcher, FailedAuth] | None) -> None:
+    app.add_middleware(CancelWhenClientLeaves)
+    if admission is not None:  # a model with a bounded wait queue (the local one)
+        app.add_middleware(ModelAdmission, free_places=admission.free_places)
+    if settings.max_streams_per_client:
+        app.add_middleware(StreamsPerClient, limit=settings.max_streams_per_client)
+    app.add_middleware(LangServeBodies, max_batch_inputs=settings.max_batch_inputs)
+    app.add_middleware(PathLimits, max_config_hash_chars=settings.max_config_hash_chars)
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth)
+    if keys is not None:
+        matcher, failures = keys  # wrong keys counted per address, over API calls and sign-ins together
+        app.add_middleware(ApiKeyAuth, matcher=matcher, failures=failures)
+    app.add_middleware(AnswerFailures)
+    app.add_middleware(CORSMiddleware, allow_origin_regex=settings.cors_origin_regex, allow_methods=["*"],
+                       allow_headers=["*"], allow_credentials=True)

@@ -1,0 +1,23 @@
+"""What the middleware reads off a request's scope: which paths run the model, and who the client is."""
+
+from __future__ import annotations
+
+from starlette.types import Scope
+
+# Set by LangServeBodies on a /batch: how many model runs the request asks for (the limits count them).
+MODEL_RUNS = "chains.model_runs"
+# Set in each request's scope by the request-line protocol (chains.hosting.http_protocol), so that the app can
+# tell that the connection limits are in force.
+PROTOCOL_MARK = "chains.http_protocol"
+
+MODEL_ENDPOINTS = ("/invoke", "/batch", "/stream", "/stream_log", "/stream_events")
+
+
+def runs_the_model(path: str) -> bool:
+    """LangServe's generation endpoints and the /chat routes; not schemas, docs, playgrounds or /health."""
+    return path.startswith("/chat") and path != "/chat/defaults" or path.rstrip("/").endswith(MODEL_ENDPOINTS)
+
+
+def client_address(scope: Scope) -> str:
+    """The connection's address, or the one a trusted proxy reports (uvicorn's FORWARDED_ALLOW_IPS)."""
+    return scope["client"][0] if scope.get("client") else "unknown"

@@ -1,0 +1,41 @@
+"""At most MAX_STREAMS_PER_CLIENT model runs in flight per client address. Pure ASGI, as every middleware here: Starlette's BaseHTTPMiddleware breaks disconnect detection on streams."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from chains.api.errors import refuse
+from chains.middleware.scope import MODEL_RUNS, client_address, runs_the_model
+
+
+class StreamsPerClient:
+    """At most `limit` model runs in flight per client address; more get 429 + Retry-After. A /batch counts as
+    many runs as it has inputs. The address is the connection's, or the one a trusted proxy reports
+    (uvicorn's FORWARDED_ALLOW_IPS: README, Security)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight: Counter[str] = Counter()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not runs_the_model(scope["path"]) or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        client = client_address(scope)
+        runs = scope.get(MODEL_RUNS, 1)
+        if self.in_flight[client] + runs > self.limit:
+            asked = f"a batch of {runs} inputs counts as {runs} requests: " if runs > 1 else ""
+            response = refuse(429, "too_many_streams", f"{asked}more than MAX_STREAMS_PER_CLIENT={self.limit} "
+                              "requests in flight from this client")
+            await response(scope, receive, send)
+            return
+        self.in_flight[client] += runs
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight[client] -= runs
+            if not self.in_flight[client]:
+                del self.in_flight[client]
