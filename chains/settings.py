@@ -155,7 +155,10 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read and check the settings, or raise `ConfigError` with one line naming every bad field."""
+    """Read and check the settings, or raise `ConfigError` with one line naming every bad field. The file of
+    settings is `.env` in the working directory, or the one `ENV_FILE` names (empty: none, as the tests run)."""
+    if "_env_file" not in overrides and "ENV_FILE" in os.environ:
+        overrides["_env_file"] = os.environ["ENV_FILE"] or None
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
