@@ -22,8 +22,8 @@ $(BIN)/python:
 # llama-cpp-python is an sdist: pip compiles llama.cpp, by default with GGML_NATIVE=ON (-march=native), so the
 # library fits only the CPU it was built on, and on AMX hosts (Sapphire Rapids) its AMX kernels crash at the first
 # matmul (llama.cpp issue 20824). We choose the instruction set instead: x86-64-v3 (AVX2, FMA, F16C, BMI2), which
-# runs on every x86-64 CPU from 2013 on (Intel Haswell, AMD Zen), AMX or not; no AVX-512 (many CPUs lack it and it
-# measured no faster here: bench B2), no AMX. LLAVA_BUILD=OFF: the multimodal library is not used.
+# runs on every x86-64 CPU from 2013 on (Intel Haswell, AMD Zen), AMX or not; no AVX-512 (many CPUs lack it, and on
+# this AVX-512 machine it measured within noise of AVX2: bench B2 builds), no AMX. LLAVA_BUILD=OFF: unused library.
 LLAMA_CPP_VERSION := 0.3.36
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
   -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF
