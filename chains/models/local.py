@@ -189,8 +189,13 @@ class LlamaCppChatModel(StreamedChatModel):
 
     # -- LangChain interface ------------------------------------------------------------------------------
 
-    def _final(self, done: _Done) -> ChatGenerationChunk:
-        return final_chunk(done.prompt_tokens, done.completion_tokens, done.finish_reason, self.model_path.name)
+    def _chunk_of(self, item: object) -> ChatGenerationChunk:
+        """What the decode thread sent, as a chunk: text, or the last (usage, finish reason); its failure raised."""
+        if isinstance(item, str):
+            return token_chunk(item)
+        if isinstance(item, _Done):
+            return final_chunk(item.prompt_tokens, item.completion_tokens, item.finish_reason, self.model_path.name)
+        raise item  # type: ignore[misc]
 
     async def _astream(
         self,
@@ -210,16 +215,12 @@ class LlamaCppChatModel(StreamedChatModel):
         try:
             while True:
                 item = await tokens.get()
-                if isinstance(item, str):
-                    chunk = token_chunk(item)
-                    if run_manager:
-                        await run_manager.on_llm_new_token(item, chunk=chunk)
-                    yield chunk
-                elif isinstance(item, _Done):
-                    yield self._final(item)
+                chunk = self._chunk_of(item)
+                if run_manager and isinstance(item, str):
+                    await run_manager.on_llm_new_token(item, chunk=chunk)
+                yield chunk
+                if isinstance(item, _Done):
                     return
-                else:
-                    raise item  # type: ignore[misc]
         finally:
             # The consumer stopped (finished, broke off, or was cancelled): decoding stops at the next token.
             stop_flag.set()
@@ -237,16 +238,12 @@ class LlamaCppChatModel(StreamedChatModel):
         try:
             while True:
                 item = tokens.get()
-                if isinstance(item, str):
-                    chunk = token_chunk(item)
-                    if run_manager:
-                        run_manager.on_llm_new_token(item, chunk=chunk)
-                    yield chunk
-                elif isinstance(item, _Done):
-                    yield self._final(item)
+                chunk = self._chunk_of(item)
+                if run_manager and isinstance(item, str):
+                    run_manager.on_llm_new_token(item, chunk=chunk)
+                yield chunk
+                if isinstance(item, _Done):
                     return
-                else:
-                    raise item  # type: ignore[misc]
         finally:
             stop_flag.set()
 
