@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Huma
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, ensure_config
 from langsmith.utils import tracing_is_enabled
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from chains.limits import conversation_size, user_text, within_limit
@@ -205,7 +205,10 @@ def single_turn_chain(model: BaseChatModel, system_prompt: str = DEFAULT_SYSTEM_
 
 def system_prompt_chain(model: BaseChatModel, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> ChatChain:
     """`{message, system_prompt?}` in, the assistant's text out; `system_prompt` when the input has none."""
-    return ChatChain(_system_prompt_messages(system_prompt), model, SystemPromptInput, "system_prompt")
+    # The input schema shows this server's default (LangServe's playground fills the field with it).
+    input_type = create_model("SystemPromptInput", __base__=SystemPromptInput, system_prompt=(
+        BoundedText, Field(system_prompt, description="instructions for the assistant")))
+    return ChatChain(_system_prompt_messages(system_prompt), model, input_type, "system_prompt")
 
 
 def conversation_chain(model: BaseChatModel, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> ChatChain:
