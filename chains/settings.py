@@ -1,6 +1,7 @@
 """Settings, read once at start-up from the environment and `.env`.
 
-A bad setting raises `ConfigError` with one line naming it; `server.py` turns that into a clean exit.
+A bad setting raises `ConfigError` with one line naming it; `server.py` turns that into a clean exit. Each field's
+`description` is its documentation: `python -m chains.settings` prints README's settings table from them.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ import importlib.util
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args, get_origin
 
+import annotated_types
 from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Provider = Literal["openai", "local", "fake"]
@@ -33,34 +36,48 @@ def embedded_model_path() -> Path | None:
 
 
 class Settings(BaseSettings):
+    """Every setting, with what it means (`settings_table()` renders README's settings table from these fields)."""
+
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     # None means: openai when OPENAI_API_KEY is set, else the embedded local model.
-    chat_provider: Provider | None = None
+    chat_provider: Provider | None = Field(None, description="which chat model answers: `local` (a GGUF run "
+                                           "in-process), `openai` (any OpenAI-compatible server) or `fake` (scripted "
+                                           "tokens, for tests and benchmarks)")
 
     # Shared generation settings (every provider).
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
-    max_tokens: int = Field(256, ge=1, le=32768)
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="sampling temperature, every provider")
+    max_tokens: int = Field(256, ge=1, le=32768, description="longest reply in tokens, every provider; no request "
+                            "can ask for more")
     # The system prompt of the system-prompt and conversation chains when a request gives none (the tutorial's).
-    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, min_length=1, max_length=32_000)
+    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, min_length=1, max_length=32_000, description="system prompt "
+                               "of the system-prompt and conversation chains and of `/chat` when a request gives "
+                               "none; the chat pages start from it (`GET /chat/defaults`)")
 
     # openai: any OpenAI-compatible server.
-    openai_api_key: SecretStr | None = None
-    openai_base_url: str | None = None
-    openai_model: str = "gpt-4o-mini"
+    openai_api_key: SecretStr | None = Field(None, description="required for `openai` (any non-empty value for a "
+                                             "local server); never logged or echoed")
+    openai_base_url: str | None = Field(None, description="any OpenAI-compatible `/v1` URL")
+    openai_model: str = Field("gpt-4o-mini", description="model name sent upstream")
     # ChatOpenAI's default is no timeout at all: a hung upstream would hang the request forever.
-    openai_timeout: float = Field(60.0, gt=0, description="seconds for connect/read of each upstream call")
-    openai_max_retries: int = Field(2, ge=0, le=10, description="OpenAI client retries before the body starts")
+    openai_timeout: float = Field(60.0, gt=0, description="seconds for connect/read of each upstream call, a stall "
+                                  "mid-stream included (ChatOpenAI's own default is no timeout at all)")
+    openai_max_retries: int = Field(2, ge=0, le=10, description="the OpenAI client's retries of transient failures "
+                                    "(408/409/429/5xx, connection errors, timeouts), with backoff, only before a "
+                                    "reply starts")
 
     # local: a GGUF run in-process by llama-cpp-python.
-    local_model_path: Path | None = None
-    local_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
-    local_context: int = Field(2048, ge=256)
-    local_queue_size: int = Field(32, ge=0, description="requests that may wait for the model")
-    local_seed: int = -1
+    local_model_path: Path | None = Field(None, description="any GGUF whose metadata carries a chat template")
+    local_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
+                               description="llama.cpp threads (its own default is half the cores)")
+    local_context: int = Field(2048, ge=256, description="context window in tokens")
+    local_queue_size: int = Field(32, ge=0, description="requests that may wait while the local model runs one; a "
+                                  "request, or a batch, that does not fit gets 503 + `Retry-After` before anything "
+                                  "starts")
+    local_seed: int = Field(-1, description="sampling seed; negative: a random one")
     # Sampling of the local model. A 135M model without a repetition penalty loops (README: the embedded model).
     local_repeat_penalty: float = Field(1.2, ge=1.0, le=2.0, description="penalty on tokens seen in the last "
-                                       "LOCAL_REPEAT_LAST_N; 1 turns it off")
+                                       "`LOCAL_REPEAT_LAST_N`; 1 turns it off (without it the 135M model loops)")
     local_repeat_last_n: int = Field(64, ge=0, le=4096, description="how many recent tokens the penalty looks at")
     local_top_k: int = Field(40, ge=0, description="sample among the k most likely tokens; 0: all")
     local_top_p: float = Field(0.9, gt=0.0, le=1.0, description="sample from the smallest set of tokens with this "
@@ -68,42 +85,67 @@ class Settings(BaseSettings):
     local_min_p: float = Field(0.05, ge=0.0, le=1.0, description="drop tokens less likely than this × the top one")
 
     # fake: deterministic scripted tokens for protocol tests and benchmarks.
-    fake_reply_tokens: int = Field(20, ge=0)
-    fake_token_delay_ms: float = Field(0.0, ge=0.0)
-    fake_fail_after: int | None = Field(None, ge=0, description="raise after this many tokens (error paths)")
+    fake_reply_tokens: int = Field(20, ge=0, description="`fake` provider: tokens per reply")
+    fake_token_delay_ms: float = Field(0.0, ge=0.0, description="`fake` provider: pause between tokens (ms)")
+    fake_fail_after: int | None = Field(None, ge=0, description="`fake` provider: raise after this many tokens (to "
+                                        "exercise the error paths)")
 
     # The /chat routes' defaults (a request may set its own within limits).
-    stream_flush_ms: float = Field(100.0, ge=1, le=60_000, description="longest a token waits in a buffer (ms)")
-    stream_timeout: float = Field(300.0, gt=0, le=3600, description="whole generation limit (s)")
-    stream_idle_timeout: float = Field(60.0, gt=0, le=3600, description="longest silence between tokens (s)")
-    sse_heartbeat_seconds: float = Field(15.0, gt=0, description="comment heartbeat interval on idle streams")
+    stream_flush_ms: float = Field(100.0, ge=1, le=60_000, description="`/chat` routes' default `flush_ms`: "
+                                   "longest a token waits in a buffer (ms)")
+    stream_timeout: float = Field(300.0, gt=0, le=3600, description="`/chat` routes' default `timeout`: the whole "
+                                  "generation (s)")
+    stream_idle_timeout: float = Field(60.0, gt=0, le=3600, description="`/chat` routes' default `idle_timeout`: "
+                                       "longest silence between tokens (s)")
+    sse_heartbeat_seconds: float = Field(15.0, gt=0, description="a `/chat` stream silent this long (s) sends a "
+                                         "`: heartbeat` comment, which keeps it open through proxies")
 
     # Limits on what one request may ask (see README, Security).
-    max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body")
-    max_json_depth: int = Field(32, ge=4, le=1000, description="deepest nesting of a JSON body")
-    max_input_chars: int = Field(32_000, ge=1, description="characters in one message or a whole conversation")
-    max_messages: int = Field(100, ge=1, description="turns in one conversation")
-    max_streams_per_client: int = Field(32, ge=0, description="model requests in flight per client IP; 0: no limit")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body (413), by `Content-Length` "
+                                "or as a chunked body arrives")
+    max_json_depth: int = Field(32, ge=4, le=1000, description="deepest nesting of a JSON body (400), checked in "
+                                "linear time")
+    max_input_chars: int = Field(32_000, ge=1, description="characters in one message, or in a whole conversation "
+                                 "with its system prompt (422)")
+    max_messages: int = Field(100, ge=1, description="turns in one conversation (422)")
+    max_streams_per_client: int = Field(32, ge=0, description="model runs in flight per client address, a `/batch` "
+                                        "counting one per input (429 + `Retry-After`); 0: no limit")
 
     # Hardening against slow, large and repeated requests (README, Security): the connection limits are enforced
     # by chains.hosting.http_protocol (served by the launcher, `make run`), the rest by
     # the middleware (chains.middleware).
-    max_header_bytes: int = Field(65_536, ge=4096, le=16_777_216, description="request line + headers (431 beyond)")
-    header_timeout: float = Field(10.0, gt=0, le=600, description="seconds to send a request line and headers (408)")
-    body_timeout: float = Field(60.0, gt=0, le=3600, description="seconds to send a whole request body (408)")
+    max_header_bytes: int = Field(65_536, ge=4096, le=16_777_216, description="request line + headers (431, "
+                                  "connection closed); a `GET /chat?message=…` must fit too: POST long messages")
+    header_timeout: float = Field(10.0, gt=0, le=600, description="seconds from a connection's opening (or a "
+                                  "kept-alive request's first byte) to the end of its headers (408 and closed; closed "
+                                  "without a word if nothing came)")
+    body_timeout: float = Field(60.0, gt=0, le=3600, description="seconds to send a whole request body (408, "
+                                "closed)")
     min_body_rate: int = Field(1024, ge=0, description="bytes/s a body must average once it has had "
-                               "min(5 s, BODY_TIMEOUT); 0: any")
-    max_connections: int = Field(2048, ge=1, description="open connections per worker (503 beyond)")
-    max_batch_inputs: int = Field(16, ge=1, le=1000, description="inputs in one LangServe /batch (422 beyond)")
-    max_config_hash_chars: int = Field(1024, ge=16, le=65_536, description="a /c/<hash>/ path's hash (414 beyond)")
-    auth_failure_limit: int = Field(10, ge=1, description="wrong keys per client address per window (429 beyond)")
-    auth_failure_window: float = Field(60.0, gt=0, le=86_400, description="the window of AUTH_FAILURE_LIMIT (s)")
+                               "min(5 s, `BODY_TIMEOUT`) (408, closed); time the server is not reading does not "
+                               "count; 0: any")
+    max_connections: int = Field(2048, ge=1, description="open connections per worker; a request arriving beyond "
+                                 "it gets 503 + `Retry-After`")
+    max_batch_inputs: int = Field(16, ge=1, le=1000, description="inputs in one LangServe `/batch` (422)")
+    max_config_hash_chars: int = Field(1024, ge=16, le=65_536, description="the hash in LangServe's "
+                                       "`/<chain>/c/<hash>/…` paths (414), refused before LangServe decompresses it")
+    auth_failure_limit: int = Field(10, ge=1, description="wrong keys (headers, cookie or sign-in) per client "
+                                    "address within `AUTH_FAILURE_WINDOW`; beyond, 429 + `Retry-After`, and no key "
+                                    "from that address is compared until the window frees")
+    auth_failure_window: float = Field(60.0, gt=0, le=86_400, description="the window of `AUTH_FAILURE_LIMIT` (s)")
 
     # When set, every route but /health needs one of these keys (Bearer, X-API-Key, or the sign-in cookie).
-    api_keys: Annotated[list[SecretStr], NoDecode] = []
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field([], description="the API keys; when set, every "
+                                                           "route but `/health` and `/sign-in` needs one (401): "
+                                                           "`Authorization: Bearer`, `X-API-Key` or the sign-in "
+                                                           "cookie; never logged or echoed")
 
     # Browsers on these origins may call the API. `*` in a port or host matches anything there.
-    cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:*", "http://127.0.0.1:*"]
+    cors_origins: Annotated[list[str], NoDecode] = Field(["http://localhost:*", "http://127.0.0.1:*"],
+                                                         description="browser origins allowed to "
+                                                         "call the API (others are refused at preflight); `*` as a "
+                                                         "port means any port (or none), elsewhere any text but "
+                                                         "`/`")
 
     @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod
@@ -172,3 +214,88 @@ def load_settings(**overrides: object) -> Settings:
             problems.append(f"{field}: {error['msg']}{shown}")
         raise ConfigError("; ".join(problems)) from None
     return settings.check()
+
+
+# How README's settings table shows a default that is not a plain value: None, computed, or a secret.
+SHOWN_DEFAULTS: dict[str, str] = {
+    "chat_provider": "`openai` with `OPENAI_API_KEY`, else `local`",
+    "openai_api_key": "none",
+    "openai_base_url": "OpenAI's",
+    "local_model_path": "the embedded SmolLM2-135M-Instruct Q4_1 GGUF",
+    "local_threads": "all cores",
+    "local_seed": "random (`-1`)",
+    "fake_fail_after": "none (never)",
+    "api_keys": "none (open)",
+}
+
+
+def _shown_default(name: str, field: FieldInfo) -> str:
+    if name in SHOWN_DEFAULTS:
+        return SHOWN_DEFAULTS[name]
+    if field.default_factory is not None or "SecretStr" in str(field.annotation):
+        # Computed on this machine, or a secret: say in words what it is, never the value.
+        raise ValueError(f"settings_table: say in SHOWN_DEFAULTS how the default of {name.upper()} is shown")
+    value = field.default
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        value = ",".join(str(item) for item in value)
+    elif isinstance(value, (int, float)):
+        value = _number(value)
+    return f"`{value}`"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def _allowed(field: FieldInfo) -> str:
+    """The values a field accepts, from its type and bounds."""
+    annotation = field.annotation
+    choices = [arg for arg in (annotation, *get_args(annotation)) if get_origin(arg) is Literal]
+    if choices:
+        return ", ".join(f"`{value}`" for value in get_args(choices[0]))
+    low = high = ""
+    for rule in field.metadata:
+        if isinstance(rule, annotated_types.Ge):
+            low = _number(rule.ge)
+        elif isinstance(rule, annotated_types.Gt):
+            low = f"> {_number(rule.gt)}"
+        elif isinstance(rule, annotated_types.MinLen):
+            low = _number(rule.min_length)
+        elif isinstance(rule, annotated_types.Le):
+            high = _number(rule.le)
+        elif isinstance(rule, annotated_types.MaxLen):
+            high = _number(rule.max_length)
+    unit = " characters" if annotation is str else ""
+    if low and high:
+        return f"{low}, ≤ {high}{unit}" if low.startswith(">") else f"{low}–{high}{unit}"
+    if low:
+        return f"{low}{unit}" if low.startswith(">") else f"≥ {low}{unit}"
+    if get_origin(annotation) is list or "list[" in str(annotation):
+        return "a comma-separated list"
+    if "Path" in str(annotation):
+        return "a file path"
+    if annotation is int:
+        return "an integer"
+    return "text"
+
+
+def settings_table() -> str:
+    """README's settings table (markdown), one row a field of `Settings`: its environment name, default, the
+    values it accepts and its description. `python -m chains.settings` prints it; tests/test_readme.py checks
+    that README holds exactly this."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    rows = ["| setting | default | accepts | meaning |", "| --- | --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        if not field.description:
+            raise ValueError(f"settings_table: {name.upper()} has no description")
+        rows.append(f"| `{name.upper()}` | {cell(_shown_default(name, field))} | {cell(_allowed(field))} | "
+                    f"{cell(field.description)} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_table(), end="")
