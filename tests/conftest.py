@@ -1,109 +1,24 @@
-"""Live servers on 127.0.0.1 for the tests: our app under uvicorn, and llama.cpp's OpenAI-compatible server."""
+"""Fixtures: live servers on 127.0.0.1 (our app under the one launcher, llama.cpp's OpenAI-compatible server, the
+fault-injecting upstream) and the browser. How servers are started, logged and cleaned up: tests/support/servers.py."""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from chains.hosting import launcher
 from chains.settings import embedded_model_path
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
-
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "tests" / "artifacts"
-
-# Settings a developer's shell or .env might carry that would change what a test server does.
-_SETTING_NAMES = (
-    "CHAT_PROVIDER", "OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL", "LOCAL_MODEL_PATH", "TEMPERATURE",
-    "MAX_TOKENS", "FAKE_REPLY_TOKENS", "FAKE_TOKEN_DELAY_MS", "CORS_ORIGINS", "STREAM_FLUSH_MS", "STREAM_TIMEOUT",
-    "STREAM_IDLE_TIMEOUT", "SSE_HEARTBEAT_SECONDS", "FAKE_FAIL_AFTER", "API_KEYS", "MAX_BODY_BYTES", "MAX_JSON_DEPTH",
-    "MAX_INPUT_CHARS", "MAX_MESSAGES", "MAX_STREAMS_PER_CLIENT", "LOCAL_QUEUE_SIZE", "MAX_HEADER_BYTES",
-    "HEADER_TIMEOUT", "BODY_TIMEOUT", "MIN_BODY_RATE", "MAX_CONNECTIONS", "MAX_BATCH_INPUTS", "MAX_CONFIG_HASH_CHARS",
-    "AUTH_FAILURE_LIMIT", "AUTH_FAILURE_WINDOW", "FORWARDED_ALLOW_IPS", "SYSTEM_PROMPT",
-)
+from tests.support.servers import LiveServer, clean_env, free_port, start_app, start_process, stop_all, stop_process
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def clean_env(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _SETTING_NAMES}
-    env.update(settings)
-    return env
-
-
-@dataclass
-class LiveServer:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def _wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path, path: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text(errors='replace')}")
-        try:
-            if httpx.get(url + path, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"server did not come up in {seconds}s:\n{log.read_text(errors='replace')}")
-
-
-def start_process(args: list[str], env: dict[str, str], name: str, health_path: str, port: int,
-                  seconds: float = 60) -> LiveServer:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = ARTIFACTS / f"{name}.log"
-    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    _wait_until_up(url, process, log, health_path, seconds)
-    return LiveServer(url, process, log)
-
-
-def first_token_seconds(url: str) -> float:
-    """Seconds until the first token of a fresh `/chat` request arrives; the request is then abandoned. On the
-    embedded model (one generation at a time) it tells whether an earlier generation still holds the model."""
-    started = time.monotonic()
-    with httpx.stream("POST", url + "/chat", json={"message": "Say hi."}, timeout=60) as response:
-        for line in response.iter_lines():
-            if line.startswith('data: {"token"'):
-                return time.monotonic() - started
-    raise AssertionError("no token arrived")
-
-
-def stop_process(server: LiveServer) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(10)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
-
-
-def start_app(name: str, workers: int = 1, **settings: str) -> LiveServer:
-    """The app on a free loopback port with exactly these settings, served as `make run` serves it."""
-    port = free_port()
-    return start_process(launcher.command(port=port, workers=workers), clean_env(**settings), name, "/health", port)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Whatever server a fixture did not get to stop (an interrupted run) is stopped with its workers."""
+    stop_all()
 
 
 @pytest.fixture(scope="session")
@@ -149,6 +64,17 @@ def long_local_server() -> Iterator[LiveServer]:
 def local_server() -> Iterator[LiveServer]:
     """The default deployment: no key set, so the embedded model. Short replies keep the suite quick."""
     server = start_app("local-server", MAX_TOKENS="24", TEMPERATURE="0")
+    yield server
+    stop_process(server)
+
+
+@pytest.fixture(scope="module")
+def fault_upstream() -> Iterator[LiveServer]:
+    """tests/fault_upstream.py: an OpenAI-compatible upstream scripted per request (hang, stall, drop, 500…)."""
+    port = free_port()
+    args = [sys.executable, "-m", "uvicorn", "tests.fault_upstream:app", "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning"]
+    server = start_process(args, clean_env(), "fault-upstream", "/v1/models", port)
     yield server
     stop_process(server)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from playwright.sync_api import Locator, Page, Request, Response, expect
 
-from tests.conftest import LiveServer
-from tests.sse import Event, parse_sse
+from tests.support.servers import LiveServer
+from tests.support.sse import Event, parse_sse
 
 PAGES = {"plain": "/playground/", "react": "/playground/react/", "vue": "/playground/vue/"}
 

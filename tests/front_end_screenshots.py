@@ -11,7 +11,7 @@ from __future__ import annotations
 from playwright.sync_api import sync_playwright
 
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.conftest import ROOT, start_app, stop_process
+from tests.support.servers import ROOT, start_app, stop_process
 from tests.front_end_chat import PAGES, Chat
 
 OUT = ROOT / "playground" / "screenshots"

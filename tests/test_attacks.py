@@ -18,7 +18,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -31,7 +30,7 @@ from playwright.sync_api import sync_playwright
 from chains.api.langserve import cancel_batches_together
 from chains.models.local import ModelOverloadedError
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.conftest import LiveServer, free_port, start_app, stop_process
+from tests.support.servers import LiveServer, free_port, start_app, stop_process
 
 KEY = "attack-suite-key-8f3b2c"
 AUTH = {"X-API-Key": KEY}

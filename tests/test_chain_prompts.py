@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from chains.chat import conversation_chain, single_turn_chain, system_prompt_chain
 from chains.models.fake import ScriptedChatModel
 from chains.settings import DEFAULT_SYSTEM_PROMPT
-from tests.conftest import ROOT, clean_env
+from tests.support.servers import ROOT, clean_env
 
 MODEL = ScriptedChatModel(reply_tokens=3)
 

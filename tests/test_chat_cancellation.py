@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import first_token_seconds
-from tests.sse import parse_sse
+from tests.support.servers import first_token_seconds
+from tests.support.sse import parse_sse
 
 LONG = "Write a long story about a dragon who learns to bake bread. Make it at least 1000 words."
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from chains.models.fake import scripted_tokens
-from tests.sse import Event, parse_sse
+from tests.support.sse import Event, parse_sse
 
 TOKENS = scripted_tokens(20)  # the fake server's reply
 REPLY = "".join(TOKENS)

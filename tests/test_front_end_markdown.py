@@ -20,7 +20,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.conftest import ROOT, LiveServer, clean_env, free_port, start_app, start_process, stop_process
+from tests.support.servers import ROOT, LiveServer, clean_env, free_port, start_app, start_process, stop_process
 from tests.front_end_chat import PAGES, Chat
 from tests.markdown_upstream import CODE, REPLY, XSS_FLAGS
 

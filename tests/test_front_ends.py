@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, Page, expect
 from chains.models.fake import scripted_tokens
 from chains.settings import DEFAULT_SYSTEM_PROMPT
 from tests.browser import squash
-from tests.conftest import ARTIFACTS, ROOT, LiveServer, first_token_seconds, start_app, stop_process
+from tests.support.servers import ARTIFACTS, ROOT, LiveServer, first_token_seconds, start_app, stop_process
 from tests.front_end_chat import PAGES, Chat
 
 FAKE_REPLY = "".join(scripted_tokens(20))  # fake_server's reply, whatever the prompt

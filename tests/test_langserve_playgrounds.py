@@ -6,7 +6,7 @@ import httpx
 from playwright.sync_api import Page, expect
 
 from tests.browser import RECORD_TEXT_STATES, squash
-from tests.conftest import ARTIFACTS
+from tests.support.servers import ARTIFACTS
 
 
 def invoke(server_url: str, chain: str, given: object) -> str:

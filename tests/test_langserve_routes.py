@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from chains.models.fake import scripted_tokens
-from tests.sse import parse_sse
+from tests.support.sse import parse_sse
 
 REPLY = "".join(scripted_tokens(20))  # the fake server's settings: FAKE_REPLY_TOKENS=20
 

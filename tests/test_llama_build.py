@@ -12,7 +12,7 @@ import llama_cpp
 import pytest
 
 from chains.models import llama_probe
-from tests.conftest import ROOT, clean_env
+from tests.support.servers import ROOT, clean_env
 
 
 def make_variable(name: str) -> str:

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 from langserve import RemoteRunnable
 
-from bench.sse_client import sse_request
+from tests.support.sse import sse_request
 from chains.models.fake import scripted_tokens
-from tests.conftest import LiveServer, start_app, stop_process
+from tests.support.servers import LiveServer, start_app, stop_process
 
 pytestmark = pytest.mark.load
 TOKENS = scripted_tokens(20)

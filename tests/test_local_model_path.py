@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, start_app, stop_process
-from tests.sse import parse_sse
+from tests.support.servers import LiveServer, start_app, stop_process
+from tests.support.sse import parse_sse
 
 
 @pytest.fixture(scope="module")

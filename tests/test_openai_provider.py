@@ -10,7 +10,7 @@ from langserve import RemoteRunnable
 
 from chains.models import build_chat_model
 from chains.settings import load_settings
-from tests.sse import parse_sse
+from tests.support.sse import parse_sse
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.sse_client import sse_request
-from tests.conftest import LiveServer, clean_env, free_port, start_app, start_process, stop_process
-from tests.sse import parse_sse
+from tests.support.sse import sse_request
+from tests.support.servers import LiveServer, start_app, stop_process
+from tests.support.sse import parse_sse
 
 SECRET = "sk-test-secret-0123456789"
 
@@ -50,13 +49,8 @@ FAULTS: dict[str, tuple[list[str], str, int]] = {
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[LiveServer]:
-    port = free_port()
-    args = [sys.executable, "-m", "uvicorn", "tests.fault_upstream:app", "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", "warning"]
-    server = start_process(args, clean_env(), "fault-upstream", "/v1/models", port)
-    yield server
-    stop_process(server)
+def upstream(fault_upstream: LiveServer) -> LiveServer:
+    return fault_upstream
 
 
 @pytest.fixture(scope="module")

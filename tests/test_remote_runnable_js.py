@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from chains.models.fake import scripted_tokens
-from tests.conftest import LiveServer, start_app, stop_process
+from tests.support.servers import LiveServer, start_app, stop_process
 
 JS = Path(__file__).parent / "js"
 CHAINS = ("single-turn", "system-prompt", "conversation")

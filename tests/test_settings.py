@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from chains.settings import ConfigError, load_settings
-from tests.conftest import ROOT, clean_env
+from tests.support.servers import ROOT, clean_env
 
 
 def start_up(tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from chains.models.fake import scripted_tokens
-from tests.sse import parse_sse
+from tests.support.sse import parse_sse
 
 RAW_REPLY = re.sub(r"\r\n?", "\n", "".join(scripted_tokens(20)))
 

@@ -6,7 +6,7 @@ import json
 
 from chains.api.chat.protocol import JsonEvents, RawText, data_lines
 from chains.api.events import DoneEvent, ErrorEvent, StartEvent, Usage
-from tests.sse import parse_sse
+from tests.support.sse import parse_sse
 
 JSON, RAW = JsonEvents(), RawText()
 

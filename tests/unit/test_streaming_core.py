@@ -11,7 +11,7 @@ from chains.models.fake import ScriptedChatModel, scripted_tokens
 from chains.api.chat.protocol import JsonEvents
 from chains.api.events import ErrorEvent
 from chains.api.streaming import StreamOptions, _live, end_all_streams, token_events
-from tests.sse import Event, parse_sse
+from tests.support.sse import Event, parse_sse
 
 
 async def stream(options: StreamOptions, **model: object) -> list[Event]:

@@ -1,0 +1,1 @@
+"""What the tests and the bench share: one SSE parser (`sse`) and one server launcher (`servers`)."""
