@@ -114,9 +114,11 @@ $(JS_CLIENT_STAMP): tests/js/package.json tests/js/package-lock.json
 test: $(TESTDEPS) chromium playground $(JS_CLIENT_STAMP)
 	$(BIN)/python -m pytest
 
-# Benchmarks (bench/run.py): prints a markdown table, writes bench/results/latest.json; ~8 minutes on 2 cores.
+# Benchmarks (bench/run.py, bench/README.md): prints a markdown table, writes bench/results/latest.json. ~10 minutes
+# on 2 cores, plus ~35 for the loop rate and, the first time, ~15 to compile the two other llama.cpp builds.
 bench: $(TESTDEPS)
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache playground/node_modules playground/react/dist playground/vue/dist
+	rm -rf $(VENV) *.egg-info .pytest_cache playground/node_modules playground/react/dist playground/vue/dist \
+	  tests/js/node_modules
