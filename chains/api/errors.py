@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import httpx
 import openai
@@ -78,39 +78,47 @@ def invalid(location: list[Any], message: str) -> JSONResponse:
     return JSONResponse({"detail": [{"loc": location, "msg": message, "type": "value_error"}]}, status_code=422)
 
 
-def describe_failure(exc: BaseException, what: str = "a generation") -> tuple[ErrorType, str]:
+class Failure(NamedTuple):
+    """An exception as a client may see it."""
+
+    kind: ErrorType
+    message: str
+    error_id: str | None = None  # internal_error only
+
+
+def describe_failure(exc: BaseException, what: str = "a generation") -> Failure:
     """A client-safe type and message for an exception: no traceback, no request headers, no key. One that has
     no name here is logged in full (with `what` failed) under an id, and only the id is told."""
     match exc:
         case ModelOverloadedError():
-            return "overloaded", str(exc)
+            return Failure("overloaded", str(exc))
         case openai.APITimeoutError() | httpx.TimeoutException():
-            return "timeout", "the upstream model did not answer in time"
+            return Failure("timeout", "the upstream model did not answer in time")
         case openai.RateLimitError():
-            return "rate_limited", "the upstream model is rate limited (HTTP 429)"
+            return Failure("rate_limited", "the upstream model is rate limited (HTTP 429)")
         case openai.AuthenticationError() | openai.PermissionDeniedError():
-            return "upstream_auth", f"the upstream model refused the credentials (HTTP {exc.status_code})"
+            return Failure("upstream_auth", f"the upstream model refused the credentials (HTTP {exc.status_code})")
         case openai.APIStatusError():
-            return "upstream_error", f"the upstream model failed (HTTP {exc.status_code})"
+            return Failure("upstream_error", f"the upstream model failed (HTTP {exc.status_code})")
         case openai.APIConnectionError():
-            return "upstream_error", "cannot reach the upstream model"
+            return Failure("upstream_error", "cannot reach the upstream model")
         case httpx.HTTPError():
-            return "upstream_error", "the upstream stream broke off"
+            return Failure("upstream_error", "the upstream stream broke off")
         case json.JSONDecodeError() | openai.APIResponseValidationError():
-            return "upstream_error", "the upstream model sent a malformed response"
+            return Failure("upstream_error", "the upstream model sent a malformed response")
         case _:
             error_id = secrets.token_hex(6)
             log.error("%s failed (error id %s)", what, error_id, exc_info=exc)
-            return "internal_error", f"internal error; the server logged it as {error_id}"
+            return Failure("internal_error", f"internal error; the server logged it as {error_id}", error_id)
+
 
 
 def failure_response(exc: BaseException, what: str) -> JSONResponse:
     """The answer to a request (`what`: method and path) that failed with `exc`."""
-    kind, message = describe_failure(exc, what)
-    if kind != "internal_error":
-        log.warning("%s failed: %s", what, message)
-    error_id = message.rsplit(" ", 1)[-1] if kind == "internal_error" else None
-    return refuse(STATUS_OF[kind], kind, message, error_id=error_id)
+    failure = describe_failure(exc, what)
+    if failure.kind != "internal_error":  # an internal error has been logged in full already
+        log.warning("%s failed: %s", what, failure.message)
+    return refuse(STATUS_OF[failure.kind], failure.kind, failure.message, error_id=failure.error_id)
 
 
 _ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}

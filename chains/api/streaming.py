@@ -184,7 +184,7 @@ async def token_events(chain: ChatChain, chain_input: Any, options: StreamOption
             sent += batch
         event_id += 1
         if generation.failure is not None:
-            kind, message = describe_failure(generation.failure)
+            kind, message, _ = describe_failure(generation.failure)
             if kind != "internal_error":  # an internal error has been logged in full already
                 log.warning("generation failed: %s", message)
             yield fmt.error(event_id, ErrorEvent(error=message, type=kind))
