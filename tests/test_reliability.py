@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.support.sse import sse_request
+from chains.models.fake import scripted_tokens
 from tests.support.servers import LiveServer, start_app, stop_process
 from tests.support.sse import parse_sse
 
@@ -35,6 +36,7 @@ SURFACES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "langserve-invoke": ("POST", "/single-turn/invoke", {"json": {"input": "hi"}}),
 }
 RAW = {"chat-token", "chat-conversation", "chat-buffered", "chat-timeout"}
+FAKE_REPLY = "".join(scripted_tokens(20))  # the scripted model's reply (FAKE_REPLY_TOKENS' default)
 
 # fault → (script for one request, the error type /chat reports, the status /invoke answers)
 FAULTS: dict[str, tuple[list[str], str, int]] = {
@@ -255,22 +257,44 @@ def test_sigterm_ends_open_streams_with_a_terminal_event_and_exits(tmp_path: Pat
     assert time.monotonic() - started < 15
 
 
+def check_body(surface: str, response: httpx.Response) -> None:
+    """What each surface answers on the scripted model (20 tokens): its whole reply, not only a 200."""
+    assert response.status_code == 200, (surface, response.text)
+    if surface == "langserve-invoke":
+        assert response.json()["output"] == FAKE_REPLY
+        return
+    events = parse_sse(response.text)
+    if surface.startswith("langserve"):
+        assert [e.event for e in events][0] == "metadata" and events[-1].event == "end"
+        assert "".join(e.json() for e in events if e.event == "data") == FAKE_REPLY
+    elif surface in RAW:  # the raw encoding: a line break in a token is a new data line, CR included
+        assert events[-1].event == "done" and events[-1].data == "Completed"
+        assert "".join(e.data for e in events if e.event == "message") == FAKE_REPLY.replace("\r\n", "\n")
+    else:
+        assert "".join(e.json()["token"] for e in events if e.event == "message") == FAKE_REPLY
+        assert events[-1].event == "done" and events[-1].json()["full_response"] == FAKE_REPLY
+
+
 def test_two_workers_serve_every_route() -> None:
     live = start_app("two-workers", workers=2, CHAT_PROVIDER="fake")
     try:
+        answered_by: dict[int, int] = {}
+        for _ in range(40):  # a new connection each time: the kernel hands them to either worker
+            pid = httpx.get(live.url + "/health", timeout=10).json()["pid"]
+            answered_by[pid] = answered_by.get(pid, 0) + 1
+            if len(answered_by) == 2:
+                break
         for _ in range(3):
             for surface in SURFACES:
-                response = call(live, surface)
-                assert response.status_code == 200, (surface, response.text)
+                check_body(surface, call(live, surface))
         conversation = httpx.post(live.url + "/chat", timeout=30, json={"messages": [
             {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
             {"role": "user", "content": "again"}]})
-        assert parse_sse(conversation.text)[-1].event == "done"
+        check_body("chat", conversation)
         children = subprocess.run(["pgrep", "-P", str(live.process.pid)], capture_output=True, text=True).stdout
-        workers = [pid for pid in children.split()
+        workers = [int(pid) for pid in children.split()
                    if "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
         assert len(workers) == 2
+        assert set(answered_by) == set(workers), f"requests answered by {answered_by}, workers {workers}"
     finally:
         stop_process(live)
-
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from fastapi import APIRouter
 from fastapi.responses import RedirectResponse
@@ -17,9 +18,11 @@ def meta_router(settings: Settings, admission: AdmissionQueue | None) -> APIRout
     @router.get("/health", tags=["meta"])
     async def health() -> dict[str, object]:
         """Provider, model and readiness (the model loads before the server accepts requests), plus load: the
-        local model's generations running or waiting, and this worker's asyncio tasks."""
+        local model's generations running or waiting, and this worker's asyncio tasks and process id (with
+        `--workers N`, which worker answered)."""
         report: dict[str, object] = {"status": "ok", "ready": True, "provider": settings.provider,
-                                     "model": settings.model_name, "tasks": len(asyncio.all_tasks())}
+                                     "model": settings.model_name, "tasks": len(asyncio.all_tasks()),
+                                     "pid": os.getpid()}
         if admission is not None:
             report["generations"] = admission.pending
         return report
