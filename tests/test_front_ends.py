@@ -8,6 +8,7 @@ chat state, the streaming client) are also tested on their own, in the browser, 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -244,7 +245,9 @@ def test_server_error_is_shown_and_told_apart_from_connection_problems(failing_s
     error = reply.get_by_test_id("error")
     expect(error).to_have_attribute("data-kind", "server")
     expect(error).to_have_text(f"Server error: {server_error['error']}")
-    assert "scripted failure after 3 tokens" in server_error["error"]
+    # An unnamed failure is told as an internal error with the id the log has it under, never the exception text.
+    assert server_error["type"] == "internal_error" and "scripted failure" not in server_error["error"]
+    assert re.fullmatch(r"internal error; the server logged it as [0-9a-f]{12}", server_error["error"])
     assert squash(chat.reply_text()) == squash("".join(scripted_tokens(3)))
     chat.expect_idle()
     page.wait_for_timeout(700)
