@@ -15,8 +15,9 @@ class AnswerFailures:
     """An exception that escapes a route: before the response has started, answered here with the status that
     names its cause (chains.api.errors) and no exception text (an id that the log has too); the connection stays
     usable. (Left to Starlette, the exception is re-raised after the 500 and uvicorn drops the connection.)
-    After it has started — LangServe's stream endpoints send their `event: error` and then re-raise — the
-    response is ended properly instead of cut mid-body."""
+    After it has started — LangServe's stream endpoints send their `event: error` and then re-raise, and on
+    SIGTERM sse-starlette stops them without a last body message — the response is ended properly instead of
+    cut mid-body."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -36,6 +37,8 @@ class AnswerFailures:
 
         try:
             await self.app(scope, receive, tracking_send)
+            if state["started"] and not state["complete"]:  # returned mid-body (sse-starlette on shutdown)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except Exception as exc:
             if not state["started"]:
                 await failure_response(exc, f'{scope["method"]} {scope["path"]}')(scope, receive, send)
