@@ -72,6 +72,9 @@ def test_stop_process_stops_the_workers_and_the_watchdog() -> None:
     members = live.group()
     assert len(members) >= 3
     stop_process(live)
+    deadline = time.monotonic() + 5  # SIGKILL to the group is delivered at once, but a dying process takes a moment
+    while [pid for pid in members if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not [pid for pid in members if alive(pid)]
     assert live.watchdog is not None and live.watchdog.poll() is not None
 
