@@ -157,7 +157,8 @@ def start_app(name: str, workers: int = 1, quiet: bool = False, **settings: str)
 
 def stop_process(server: LiveServer, grace: float = 10) -> None:
     """SIGTERM to the server (uvicorn stops its workers itself), then SIGKILL to whatever of its process group is
-    left after `grace` seconds (or at once, if the server has exited), then the watchdog."""
+    left after `grace` seconds (or at once, if the server has exited), then the watchdog. Returns once no process
+    of the group is left (5 s at most)."""
     process = server.process
     if process.poll() is None:
         process.terminate()
@@ -170,6 +171,9 @@ def stop_process(server: LiveServer, grace: float = 10) -> None:
     except ProcessLookupError:
         pass
     process.wait()
+    deadline = time.monotonic() + 5  # a SIGKILLed process takes a moment to exit: stopped means gone
+    while group_members(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
     if server.watchdog is not None:
         server.watchdog.kill()
         server.watchdog.wait()

@@ -59,3 +59,15 @@ async def test_a_failure_after_the_response_was_sent_adds_nothing() -> None:
 async def test_other_scopes_pass_through_exceptions_and_all() -> None:
     with pytest.raises(RuntimeError):
         await call(AnswerFailures(failing_with(RuntimeError("lifespan"))), {"type": "lifespan"})
+
+
+async def test_a_route_that_returns_mid_body_has_its_response_completed() -> None:
+    """sse-starlette, on SIGTERM, returns from LangServe's streams without their last body message."""
+    chunk = {"type": "http.response.body", "body": b"event: data\ndata: \"hi\"\n\n", "more_body": True}
+
+    async def returns_mid_body(request, receive, send):  # type: ignore[no-untyped-def]
+        await send(START)
+        await send(chunk)
+
+    answer = await call(AnswerFailures(returns_mid_body), scope())
+    assert answer.messages == [START, chunk, {"type": "http.response.body", "body": b"", "more_body": False}]
