@@ -13,7 +13,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from chains.settings import embedded_model_path
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.support.servers import LiveServer, clean_env, free_port, start_app, start_process, stop_all, stop_process
+from tests.support.servers import LiveServer, clean_env, free_port, start_app, start_process, start_upstream, stop_all, stop_process
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -71,10 +71,7 @@ def local_server() -> Iterator[LiveServer]:
 @pytest.fixture(scope="module")
 def fault_upstream() -> Iterator[LiveServer]:
     """tests/fault_upstream.py: an OpenAI-compatible upstream scripted per request (hang, stall, drop, 500…)."""
-    port = free_port()
-    args = [sys.executable, "-m", "uvicorn", "tests.fault_upstream:app", "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", "warning"]
-    server = start_process(args, clean_env(), "fault-upstream", "/v1/models", port)
+    server = start_upstream("tests.fault_upstream:app", "fault-upstream")
     yield server
     stop_process(server)
 

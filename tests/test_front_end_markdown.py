@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.support.servers import ROOT, LiveServer, clean_env, free_port, start_app, start_process, stop_process
+from tests.support.servers import ROOT, LiveServer, start_app, start_upstream, stop_process
 from tests.front_end_chat import PAGES, Chat
 from tests.markdown_upstream import CODE, REPLY, XSS_FLAGS
 
@@ -40,10 +39,7 @@ def built() -> None:
 
 @pytest.fixture(scope="module")
 def markdown_upstream() -> Iterator[LiveServer]:
-    port = free_port()
-    args = [sys.executable, "-m", "uvicorn", "tests.markdown_upstream:app", "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", "warning"]
-    server = start_process(args, clean_env(), "markdown-upstream", "/v1/models", port)
+    server = start_upstream("tests.markdown_upstream:app", "markdown-upstream")
     yield server
     stop_process(server)
 

@@ -155,6 +155,14 @@ def start_app(name: str, workers: int = 1, quiet: bool = False, **settings: str)
                          port)
 
 
+def start_upstream(app: str, name: str) -> LiveServer:
+    """A scripted OpenAI-compatible upstream (`tests.fault_upstream:app`, `tests.markdown_upstream:app`) under
+    uvicorn on a free loopback port."""
+    port = free_port()
+    args = [sys.executable, "-m", "uvicorn", app, "--host", HOST, "--port", str(port), "--log-level", "warning"]
+    return start_process(args, clean_env(), name, "/v1/models", port)
+
+
 def stop_process(server: LiveServer, grace: float = 10) -> None:
     """SIGTERM to the server (uvicorn stops its workers itself), then SIGKILL to whatever of its process group is
     left after `grace` seconds (or at once, if the server has exited), then the watchdog. Returns once no process
