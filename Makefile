@@ -98,12 +98,14 @@ playground/vue/dist/index.html: $(NPM_STAMP) $(PLAYGROUND_SHARED) $(call playgro
 playground: playground/react/dist/index.html playground/vue/dist/index.html
 
 # Browser tests drive Debian's Chromium (Playwright cannot download its own browser here); the CJK fonts make
-# Chinese text readable in the screenshots; the tutorial's commands are run with curl; pgrep counts workers.
+# Chinese text readable in the screenshots; the tutorial's commands are run with curl; pgrep counts workers;
+# the run store's tests start their own real redis-server (Debian's, 7.0) on loopback.
 chromium:
 	@command -v chromium >/dev/null && command -v curl >/dev/null && command -v pgrep >/dev/null && \
+	  command -v redis-server >/dev/null && \
 	  [ -d /usr/share/fonts/opentype/noto ] && [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || { \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
-	    --no-install-recommends chromium fonts-noto-cjk fonts-noto-color-emoji curl procps; }
+	    --no-install-recommends chromium fonts-noto-cjk fonts-noto-color-emoji curl procps redis-server; }
 
 # LangChain.js's RemoteRunnable (tests/js, pinned @langchain/core 0.3) for tests/test_remote_runnable_js.py.
 JS_CLIENT_STAMP := tests/js/node_modules/.npm-ci-stamp
@@ -116,7 +118,12 @@ test: $(TESTDEPS) chromium playground $(JS_CLIENT_STAMP)
 
 # Benchmarks (bench/run.py, bench/README.md): prints a markdown table, writes bench/results/latest.json. ~10 minutes
 # on 2 cores, plus ~35 for the loop rate and, the first time, ~15 to compile the two other llama.cpp builds.
-bench: $(TESTDEPS)
+BENCHDEPS := $(VENV)/.bench-installed
+$(BENCHDEPS): pyproject.toml $(TESTDEPS)
+	$(BIN)/pip install -e '.[test,bench]'
+	touch $@
+
+bench: $(BENCHDEPS) chromium
 	$(BIN)/python -m bench.run
 
 clean:
