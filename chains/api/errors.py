@@ -29,6 +29,8 @@ ErrorType = Literal[
     "bad_request", "forbidden", "method_not_allowed", "unauthorized", "too_many_auth_failures", "cross_origin", "body_too_large", "unsupported_media_type",
     "invalid_body", "invalid_path", "not_found", "config_hash_too_long", "too_many_streams", "too_many_connections",
     "headers_too_large", "header_timeout", "body_timeout", "body_too_slow",
+    # Runs (chains.api.runs): a Last-Event-ID that names no event of the run; a run store that is full or down.
+    "invalid_event_id", "run_store_full", "run_store_unavailable",
     # A generation that could not run or stopped: the status of /invoke, /batch, or a stream's `event: error`.
     "overloaded", "timeout", "upstream_error", "rate_limited", "upstream_auth", "shutdown", "internal_error",
 ]
@@ -49,13 +51,16 @@ STATUS_OF: dict[ErrorType, int] = {
     "overloaded": 503,
     "timeout": 504,
     "shutdown": 503,
+    "run_store_full": 503,
+    "run_store_unavailable": 503,
     "internal_error": 500,
 }
 RETRY_AFTER_SECONDS = 1
 _KIND_OF_STATUS: dict[int, ErrorType] = {401: "unauthorized", 403: "forbidden", 404: "not_found",
                                         405: "method_not_allowed"}
 _RETRY_LATER: set[ErrorType] = {"overloaded", "rate_limited", "shutdown", "too_many_streams",
-                                "too_many_connections", "too_many_auth_failures"}
+                                "too_many_connections", "too_many_auth_failures",
+                                "run_store_full", "run_store_unavailable"}
 
 
 def error_body(kind: ErrorType, message: str, error_id: str | None = None) -> dict[str, Any]:
@@ -126,11 +131,11 @@ _ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"description": description, "model": ErrorBody}
     for status, description in {
-        400: "invalid_body, invalid_path or bad_request", 403: "forbidden or cross_origin", 404: "not_found", 401: "unauthorized (when API keys are set)",
+        400: "invalid_body, invalid_path, invalid_event_id or bad_request", 403: "forbidden or cross_origin", 404: "not_found", 401: "unauthorized (when API keys are set)",
         408: "header_timeout, body_timeout, body_too_slow", 413: "body_too_large", 414: "config_hash_too_long",
         415: "unsupported_media_type", 429: "too_many_streams, too_many_auth_failures or rate_limited (Retry-After)",
         431: "headers_too_large", 500: "internal_error (with the id the server logged it under)",
-        502: "upstream_error or upstream_auth", 503: "overloaded, too_many_connections or shutdown (Retry-After)",
+        502: "upstream_error or upstream_auth", 503: "overloaded, too_many_connections, shutdown, run_store_full or run_store_unavailable (Retry-After)",
         504: "timeout",
     }.items()
 }
