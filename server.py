@@ -15,6 +15,9 @@ from chains.api.chat.serving import ChatServing
 from chains.api.errors import ERROR_RESPONSES, install_error_handlers
 from chains.api.langserve import mount_chains
 from chains.api.meta import meta_router
+from chains.api.runs.router import runs_router
+from chains.api.runs.serving import RunServing
+from chains.api.runs.store import build_run_store
 from chains.api.sign_in import sign_in_router
 from chains.chat import build_chains
 from chains.hosting import http_protocol
@@ -30,6 +33,7 @@ def create_app(settings: Settings) -> FastAPI:
     model = build_chat_model(settings)
     chains = build_chains(model, settings.system_prompt)
     admission = admission_queue(model)  # the local model's wait queue; None for the others
+    runs = RunServing(build_run_store(settings), settings.sse_heartbeat_seconds)
     limits.configure(max_input_chars=settings.max_input_chars, max_messages=settings.max_messages)
     http_protocol.configure(max_header_bytes=settings.max_header_bytes, header_timeout=settings.header_timeout,
                             body_timeout=settings.body_timeout, min_body_rate=settings.min_body_rate,
@@ -37,15 +41,16 @@ def create_app(settings: Settings) -> FastAPI:
     keys = (KeyMatcher(settings.api_keys), FailedAuth(settings.auth_failure_limit, settings.auth_failure_window)
             ) if settings.api_keys else None
 
-    app = FastAPI(title="Token streaming", version="0.1.0", responses=ERROR_RESPONSES,
+    app = FastAPI(title="Token streaming", version="0.1.0", responses=ERROR_RESPONSES, lifespan=runs.lifespan,
                   description="LangChain chat chains streamed over HTTP: LangServe routes and typewriter front ends.")
     install_middleware(app, settings, admission, keys)
     install_error_handlers(app)
     mount_chains(app, chains)
-    app.include_router(chat_router(ChatServing(chains, settings)))
+    app.include_router(chat_router(ChatServing(chains, settings, runs)))
+    app.include_router(runs_router(runs))
     if keys is not None:
         app.include_router(sign_in_router(*keys))
-    app.include_router(meta_router(settings, admission))
+    app.include_router(meta_router(settings, admission, runs.store))
     mount_playgrounds(app)
     return app
 

@@ -100,6 +100,19 @@ class Settings(BaseSettings):
     sse_heartbeat_seconds: float = Field(15.0, gt=0, description="a `/chat` stream silent this long (s) sends a "
                                          "`: heartbeat` comment, which keeps it open through proxies")
 
+    # Runs (README, Runs, resume and cancel): every stream is a run kept in a bounded store.
+    run_store_url: str | None = Field(None, description="where runs are kept: empty for this process's memory, "
+                                      "`redis://host:port/db` to share them between workers and replicas (then a "
+                                      "run can be joined and cancelled through any of them)")
+    run_max_events: int = Field(10_000, ge=16, le=1_000_000, description="events kept per run for resuming; a longer "
+                                "run keeps its newest ones, and a resume from before them gets 400")
+    run_max_live: int = Field(4096, ge=1, description="runs generating at once per process (in-memory store) or in "
+                              "Redis; beyond, 503 + `Retry-After`")
+    run_max_finished: int = Field(1000, ge=0, description="finished runs kept for replay; beyond, the oldest is "
+                                  "forgotten before its time to live")
+    run_ttl: float = Field(300.0, gt=0, le=86_400, description="seconds a finished run can still be joined and "
+                           "replayed")
+
     # Limits on what one request may ask (see README, Security).
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body (413), by `Content-Length` "
                                 "or as a chunked body arrives")
@@ -193,6 +206,9 @@ class Settings(BaseSettings):
                     )
             if not self.local_model_path.is_file():
                 raise ConfigError(f"LOCAL_MODEL_PATH: {self.local_model_path} does not exist or is not a file")
+        if self.run_store_url and not self.run_store_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("RUN_STORE_URL: give redis://host:port/db (or rediss://, unix://), or leave it empty "
+                              "for the in-memory store")
         return self
 
 

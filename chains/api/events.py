@@ -16,6 +16,8 @@ class StartEvent(BaseModel):
 
     status: Literal["started"] = "started"
     timestamp: float = Field(description="unix seconds")
+    run_id: str = Field(description="the run's id: resume it at `/chat/runs/{run_id}/stream`, stop it with "
+                        "`POST /chat/runs/{run_id}/cancel`")
 
 
 class TokenEvent(BaseModel):
@@ -32,15 +34,16 @@ class Usage(BaseModel):
 
 
 class DoneEvent(BaseModel):
-    """`event: done` — the reply is complete. Concatenating every `token` gives `full_response`."""
+    """`event: done` — the reply is complete, or was cancelled (`status` and `finish_reason` "cancelled": then the
+    fields count what was sent until then). Concatenating every `token` gives `full_response`."""
 
-    status: Literal["completed"] = "completed"
+    status: Literal["completed", "cancelled"] = "completed"
     full_response: str
     token_count: int = Field(description="token events sent")
     duration: float = Field(description="seconds from the first request to the model to the last token")
     tokens_per_second: float
-    usage: Usage | None = Field(None, description="token usage when the model reports it")
-    finish_reason: str | None = Field(None, description="stop, length, … when the model reports it")
+    usage: Usage | None = Field(None, description="token usage when the model reports it (so far, when cancelled)")
+    finish_reason: str | None = Field(None, description="stop, length, … when the model reports it; cancelled")
 
 
 class ErrorEvent(BaseModel):
@@ -51,12 +54,13 @@ class ErrorEvent(BaseModel):
 
 
 class EventFormat(Protocol):
-    """An encoding of a generation's events: each returns the bytes of one SSE event (the start may be none)."""
+    """An encoding of a generation's events: each returns the bytes of one SSE event (the start may be none).
+    `event_id` is the SSE `id:` as bytes, `<run id>:<seq>`: it names the run and the position in it."""
 
-    def start(self, event_id: int, event: StartEvent) -> bytes | None: ...
+    def start(self, event_id: bytes, event: StartEvent) -> bytes | None: ...
 
-    def tokens(self, event_id: int, text: str, token_count: int) -> bytes: ...
+    def tokens(self, event_id: bytes, text: str, token_count: int) -> bytes: ...
 
-    def done(self, event_id: int, event: DoneEvent) -> bytes: ...
+    def done(self, event_id: bytes, event: DoneEvent) -> bytes: ...
 
-    def error(self, event_id: int, event: ErrorEvent) -> bytes: ...
+    def error(self, event_id: bytes, event: ErrorEvent) -> bytes: ...

@@ -1,15 +1,16 @@
-"""The one streaming core behind every SSE surface: chain → buffer → timeouts → encoded events.
+"""The one streaming core behind every SSE surface: chain → run (encoded events) → listeners.
 
 A surface configures it with `StreamOptions` and an encoding (an `EventFormat`); the core knows neither which
 model is behind the chain nor how the events look on the wire.
 
-A producer task iterates the chain's message chunks (`ChatChain.astream_messages`: the model's own token stream
-when nothing else listens) and appends each token to a list; the response's generator wakes when a
-group is ready (`buffer_size` tokens), when the oldest waiting token has waited `flush_ms`, or at the end, and
-encodes each event once. Timeouts cost nothing per token: a single timer re-arms itself from the time of the
-last token and cancels the producer only when a deadline has really passed. When the client goes away,
-`TokenStreamResponse` (its disconnect watch) cancels the generator, whose `finally` cancels the
-producer, and with it the chain: the local model stops decoding, an upstream HTTP stream is closed.
+A generation is one task: it iterates the chain's message chunks (`ChatChain.astream_messages`: the model's own
+token stream when nothing else listens), encodes each event once and appends it to its run
+(chains.api.runs.run). Listeners — the request that started it, and any that join later with `Last-Event-ID` —
+follow the run, each from its own position, and send everything new in one write. Buffering (`buffer_size`
+tokens per event, flushed after `flush_ms`) and the timeouts are timers, nothing per token but the time of the
+last token. The generation stops when it ends, times out, is cancelled (`POST …/cancel`, or its last listener
+left and the run's disconnect policy says so), or the server shuts down; whatever stops it, the run gets a
+terminal event, and the chain is cancelled with it: the local model stops decoding, an upstream stream closes.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from starlette.types import Receive, Scope, Send
 
 from chains.api.errors import describe_failure
 from chains.api.events import DoneEvent, ErrorEvent, EventFormat, StartEvent, Usage
+from chains.api.runs.run import Listener, Run, RunStatus, new_run_id
 from chains.chat import ChatChain
+from chains.models.base import UsageMeter, usage_meter
 
 log = logging.getLogger(__name__)
 
@@ -43,53 +46,120 @@ class StreamOptions:
 
 
 # Generations in flight in this process, so that a shutdown can end each stream with a terminal event.
-_live: weakref.WeakSet[_Generation] = weakref.WeakSet()
+_live: weakref.WeakSet[Generation] = weakref.WeakSet()
 SHUTDOWN = ErrorEvent(error="the server is shutting down; try again", type="shutdown")
 HEARTBEAT = b": heartbeat\n\n"
 
 
-class _Generation:
-    """One generation in flight: the producer task, the tokens it has produced and not yet sent, the timers."""
+class Generation:
+    """One generation in flight: the task that runs the chain and writes its events into the run."""
 
-    def __init__(self, chain: ChatChain, chain_input: Any, options: StreamOptions) -> None:
-        self.loop = asyncio.get_running_loop()
+    def __init__(self, run: Run, chain: ChatChain, chain_input: Any, options: StreamOptions,
+                 fmt: EventFormat) -> None:
+        self.loop = loop = asyncio.get_running_loop()
+        self.run = run
+        self.fmt = fmt
         self.options = options
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
-        self.pending: list[str] = []
-        self.wake = asyncio.Event()
-        self.finished = False
-        self.failure: Exception | None = None
+        self.meter = UsageMeter()
+        self.texts: list[str] = []  # every token sent: the full response
+        self.pending: list[str] = []  # buffered tokens not yet sent (buffer_size > 1)
+        self.seq = 0
+        self.token_count = 0
         self.interrupted: ErrorEvent | None = None  # why it was stopped early: a timeout, the server's shutdown
-        self.flush_due = False
+        self.cancelled = False  # stopped by a cancel (request, or the disconnect policy)
         self.flush_after = options.flush_ms / 1000 if options.flush_ms and options.buffer_size > 1 else None
         self.flush_timer: asyncio.TimerHandle | None = None
-        self.began = self.last_token = self.loop.time()  # uvloop's clock: milliseconds, fine for deadlines
+        self.began = self.last_token = loop.time()  # uvloop's clock: milliseconds, fine for deadlines
         self.started = time.perf_counter()  # for the reported duration
-        self.producer = self.loop.create_task(self._produce(chain, chain_input), name="token-producer")
         self.watchdog: asyncio.TimerHandle | None = None
+        head = fmt.start(run.event_id(0), StartEvent(timestamp=time.time(), run_id=run.id))
+        run.append(head or b"")
+        run.generation = self
+        self.producer = loop.create_task(self._produce(chain, chain_input), name=f"generation-{run.id}")
+        _live.add(self)
         if options.timeout is not None or options.idle_timeout is not None:
             self._check_deadlines()
 
+    @property
+    def finished(self) -> bool:
+        return self.run.finished
+
     async def _produce(self, chain: ChatChain, chain_input: Any) -> None:
-        pending, buffer_size, loop = self.pending, self.options.buffer_size, self.loop
+        usage_meter.set(self.meter)  # this task's context: the model counts into it
+        terminal: tuple[bytes, RunStatus]
         try:
             async with aclosing(chain.astream_messages(chain_input)) as chunks:
-                async for chunk in chunks:
-                    if chunk.content:
-                        pending.append(chunk.text)
-                        self.last_token = loop.time()
-                        if len(pending) >= buffer_size:
-                            self.wake.set()
-                        elif self.flush_after is not None and self.flush_timer is None:
-                            self.flush_timer = loop.call_later(self.flush_after, self._flush_now)
-                    if chunk.response_metadata or chunk.usage_metadata:  # only on the last chunks
-                        self._note_metadata(chunk)
+                if self.options.buffer_size == 1:
+                    await self._send_each(chunks)
+                else:
+                    await self._send_grouped(chunks)
+            self._flush()
+            terminal = self._done("completed"), "completed"
+        except asyncio.CancelledError:
+            self._flush()
+            if self.interrupted is not None:
+                terminal = self.fmt.error(self._next_id(), self.interrupted), "failed"
+            else:  # a cancel, or the event loop closing: either way the run ends as cancelled
+                terminal = self._done("cancelled"), "cancelled"
         except Exception as exc:  # noqa: BLE001 - becomes the stream's error event
-            self.failure = exc
+            self._flush()
+            kind, message, _ = describe_failure(exc)
+            if kind != "internal_error":  # an internal error has been logged in full already
+                log.warning("generation failed: %s", message)
+            terminal = self.fmt.error(self._next_id(), ErrorEvent(error=message, type=kind)), "failed"
         finally:
-            self.finished = True
-            self.wake.set()
+            for timer in (self.watchdog, self.flush_timer):
+                if timer is not None:
+                    timer.cancel()
+        self.run.finish(*terminal)
+
+    async def _send_each(self, chunks: AsyncIterator[AIMessageChunk]) -> None:
+        # The hot path: one encode and one append per token.
+        run, fmt, texts, loop = self.run, self.fmt, self.texts, self.loop
+        event_id, seq, count = run.event_id, self.seq, self.token_count
+        async for chunk in chunks:
+            if chunk.content:
+                text = chunk.text
+                texts.append(text)
+                seq += 1
+                count += 1
+                self.seq, self.token_count = seq, count
+                self.last_token = loop.time()
+                run.append(fmt.tokens(event_id(seq), text, count))
+            if chunk.response_metadata or chunk.usage_metadata:  # only on the last chunks
+                self._note_metadata(chunk)
+
+    async def _send_grouped(self, chunks: AsyncIterator[AIMessageChunk]) -> None:
+        pending, buffer_size, loop = self.pending, self.options.buffer_size, self.loop
+        async for chunk in chunks:
+            if chunk.content:
+                pending.append(chunk.text)
+                self.last_token = loop.time()
+                if len(pending) >= buffer_size:
+                    self._flush()
+                elif self.flush_after is not None and self.flush_timer is None:
+                    self.flush_timer = loop.call_later(self.flush_after, self._flush)
+            if chunk.response_metadata or chunk.usage_metadata:
+                self._note_metadata(chunk)
+
+    def _flush(self) -> None:
+        """Send the buffered tokens as one event (buffering, or before a terminal event)."""
+        if self.flush_timer is not None:
+            self.flush_timer.cancel()
+            self.flush_timer = None
+        if not self.pending:
+            return
+        text = "".join(self.pending)
+        self.token_count += len(self.pending)
+        self.pending.clear()
+        self.texts.append(text)
+        self.run.append(self.fmt.tokens(self._next_id(), text, self.token_count))
+
+    def _next_id(self) -> bytes:
+        self.seq += 1
+        return self.run.event_id(self.seq)
 
     def _note_metadata(self, chunk: AIMessageChunk) -> None:
         usage = chunk.usage_metadata
@@ -98,9 +168,20 @@ class _Generation:
                                total_tokens=usage["total_tokens"])
         self.finish_reason = chunk.response_metadata.get("finish_reason") or self.finish_reason
 
-    def _flush_now(self) -> None:
-        self.flush_due = True
-        self.wake.set()
+    def _done(self, status: RunStatus) -> bytes:
+        duration = time.perf_counter() - self.started
+        usage, finish_reason = self.usage, self.finish_reason
+        if status == "cancelled":
+            finish_reason = "cancelled"
+            meter = self.meter
+            if usage is None and meter.prompt_tokens is not None:  # what the model counted until the stop
+                usage = Usage(prompt_tokens=meter.prompt_tokens, completion_tokens=meter.completion_tokens,
+                              total_tokens=meter.prompt_tokens + meter.completion_tokens)
+        return self.fmt.done(self._next_id(), DoneEvent(
+            status=status, full_response="".join(self.texts), token_count=self.token_count, duration=duration,
+            tokens_per_second=self.token_count / duration if duration > 0 else 0.0,
+            usage=usage, finish_reason=finish_reason,
+        ))
 
     def _check_deadlines(self) -> None:
         # Runs at the earliest deadline and re-arms itself when a token has moved the idle deadline on, so the
@@ -119,85 +200,31 @@ class _Generation:
 
     def interrupt(self, reason: ErrorEvent) -> None:
         """End early with `reason` as the terminal event (unless the generation has finished already)."""
-        if not self.finished and self.interrupted is None:
+        if not self.finished and self.interrupted is None and not self.cancelled:
             self.interrupted = reason
             self.producer.cancel()
-            self.wake.set()
 
-    def take_ready(self) -> list[str]:
-        """Tokens to send now: whole groups, or everything once finished or the flush time has come."""
-        pending, flush = self.pending, self.finished or self.flush_due
-        ready = len(pending) if flush else len(pending) - len(pending) % self.options.buffer_size
-        batch = pending[:ready]
-        del pending[:ready]
-        if self.flush_timer is not None and (ready or self.flush_due):
-            self.flush_timer.cancel()
-            self.flush_timer = None
-        self.flush_due = False
-        if pending and self.flush_after is not None and self.flush_timer is None:
-            self.flush_timer = self.loop.call_later(self.flush_after, self._flush_now)
-        return batch
-
-    def stop(self) -> None:
-        self.producer.cancel()  # cancels chain.astream: the model stops decoding or its HTTP stream closes
-        for timer in (self.watchdog, self.flush_timer):
-            if timer is not None:
-                timer.cancel()
+    def cancel(self) -> bool:
+        """End early as cancelled: the terminal event carries what was sent and used until now."""
+        if self.finished or self.interrupted is not None or self.cancelled:
+            return False
+        self.cancelled = True
+        self.producer.cancel()
+        return True
 
 
-async def token_events(chain: ChatChain, chain_input: Any, options: StreamOptions,
-                       fmt: EventFormat) -> AsyncIterator[bytes]:
-    """Encoded SSE events for one generation: start, tokens (grouped by the options), then done or error."""
-    event_id = 0
-    head = fmt.start(event_id, StartEvent(timestamp=time.time()))
-    if head is not None:
-        yield head
-    generation = _Generation(chain, chain_input, options)
-    _live.add(generation)
-    buffer_size = options.buffer_size
-    sent: list[str] = []
-    token_count = 0
-    try:
-        while not generation.finished or generation.pending:
-            await generation.wake.wait()
-            generation.wake.clear()
-            if generation.interrupted is not None:
-                event_id += 1
-                yield fmt.error(event_id, generation.interrupted)
-                return
-            batch = generation.take_ready()
-            # The hot path: one encode per event, and one write for all the events that are ready now (a paced
-            # model makes that one event; a burst of tokens goes out in one write, each still its own event).
-            if buffer_size == 1:
-                encoded = [fmt.tokens(event_id + i, text, token_count + i) for i, text in enumerate(batch, 1)]
-                event_id += len(batch)
-                token_count += len(batch)
-            else:
-                encoded = []
-                for i in range(0, len(batch), buffer_size):
-                    group = batch[i:i + buffer_size]
-                    event_id += 1
-                    token_count += len(group)
-                    encoded.append(fmt.tokens(event_id, "".join(group), token_count))
-            if encoded:
-                yield encoded[0] if len(encoded) == 1 else b"".join(encoded)
-            sent += batch
-        event_id += 1
-        if generation.failure is not None:
-            kind, message, _ = describe_failure(generation.failure)
-            if kind != "internal_error":  # an internal error has been logged in full already
-                log.warning("generation failed: %s", message)
-            yield fmt.error(event_id, ErrorEvent(error=message, type=kind))
-            return
-        duration = time.perf_counter() - generation.started
-        yield fmt.done(event_id, DoneEvent(
-            full_response="".join(sent), token_count=token_count, duration=duration,
-            tokens_per_second=token_count / duration if duration > 0 else 0.0,
-            usage=generation.usage, finish_reason=generation.finish_reason,
-        ))
-    finally:
-        # Normal end, timeout, or the client went away (this generator is cancelled or closed).
-        generation.stop()
+def generate(run: Run, chain: ChatChain, chain_input: Any, options: StreamOptions, fmt: EventFormat) -> Generation:
+    """Start generating into `run` (created by a store); listeners follow the run."""
+    return Generation(run, chain, chain_input, options, fmt)
+
+
+def token_events(chain: ChatChain, chain_input: Any, options: StreamOptions, fmt: EventFormat) -> AsyncIterator[bytes]:
+    """One generation's encoded events, for a caller that keeps no run: a run of its own, cancelled when the
+    caller stops iterating."""
+    run = Run(new_run_id(), None, "cancel", max_events=1_000_000)
+    listener = Listener(run)
+    generate(run, chain, chain_input, options, fmt)
+    return listener
 
 
 def end_all_streams(reason: ErrorEvent = SHUTDOWN) -> None:
@@ -212,15 +239,17 @@ class TokenStreamResponse(StreamingResponse):
 
     The heartbeat is a comment sent only when nothing else was sent for `heartbeat_seconds` (one timer per
     stream, nothing per event). The disconnect watch reads the request channel while the events flow, so a
-    client that goes away cancels the stream at once, not at the next failed write: the events' generator is
-    closed, and with it the generation. Ours rather than sse-starlette's response, whose private lock and state we
+    client that goes away ends the stream at once, not at the next failed write: the events' iterator (a run's
+    listener) is closed, and the run's disconnect policy decides about the generation. Ours rather than sse-starlette's response, whose private lock and state we
     had to override. The content type is exactly `text/event-stream` (SSE is UTF-8 by definition; Starlette would
     append a charset).
     """
 
-    def __init__(self, events: AsyncIterator[bytes], heartbeat_seconds: float) -> None:
-        super().__init__(events, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                          "X-Accel-Buffering": "no"})
+    def __init__(self, events: AsyncIterator[bytes], heartbeat_seconds: float, run_id: str | None = None) -> None:
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        if run_id is not None:
+            headers["X-Run-Id"] = run_id
+        super().__init__(events, headers=headers)
         self.heartbeat_seconds = heartbeat_seconds
         self.last_sent = 0.0
         self.finished = False
@@ -235,7 +264,12 @@ class TokenStreamResponse(StreamingResponse):
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)  # the events' generator has closed after this
+            await asyncio.gather(*tasks, return_exceptions=True)
+            # Closed even if the sending task was cancelled before it began: a listener leaving is what lets
+            # the run's disconnect policy act.
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
         sending = tasks[0]
         if sending in done and not sending.cancelled() and sending.exception() is not None:
             raise sending.exception()  # type: ignore[misc]

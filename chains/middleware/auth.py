@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chains.api.errors import refuse
-from chains.middleware.scope import client_address
+from chains.middleware.scope import API_KEY_ID, client_address
 
 COOKIE = "api_key"
 OPEN_PATHS = ("/health", "/sign-in")
@@ -131,6 +131,7 @@ class ApiKeyAuth:
                 await too_many_failures(wait)(scope, receive, send)
                 return
             if self.matcher(key):
+                scope[API_KEY_ID] = hashlib.sha256(key).hexdigest()[:32]
                 await self.app(scope, receive, send)
                 return
             self.failures.record(address)

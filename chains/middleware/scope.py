@@ -10,12 +10,17 @@ MODEL_RUNS = "chains.model_runs"
 # tell that the connection limits are in force.
 PROTOCOL_MARK = "chains.http_protocol"
 
+# Set by ApiKeyAuth when a request's key is valid: a fingerprint of the key (never the key), the owner of its runs.
+API_KEY_ID = "chains.api_key_id"
+
 MODEL_ENDPOINTS = ("/invoke", "/batch", "/stream", "/stream_log", "/stream_events")
 
 
 def runs_the_model(path: str) -> bool:
-    """LangServe's generation endpoints and the /chat routes; not schemas, docs, playgrounds or /health."""
-    return path.startswith("/chat") and path != "/chat/defaults" or path.rstrip("/").endswith(MODEL_ENDPOINTS)
+    """LangServe's generation endpoints and the /chat routes; not schemas, docs, playgrounds or /health, nor joining
+    or cancelling a run (`/chat/runs/…`), which starts nothing."""
+    return (path.startswith("/chat") and path != "/chat/defaults" and not path.startswith("/chat/runs/")
+            or path.rstrip("/").endswith(MODEL_ENDPOINTS))
 
 
 def client_address(scope: Scope) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -36,6 +38,20 @@ class AdmissionQueue(Protocol):
 
 def admission_queue(model: BaseChatModel) -> AdmissionQueue | None:
     return model if isinstance(model, AdmissionQueue) else None
+
+
+@dataclass(slots=True)
+class UsageMeter:
+    """Tokens used so far by the generation in progress. A model that can count (the local and the scripted one)
+    keeps it up to date, so that a generation stopped early still reports what it used: its usage chunk comes
+    only at the end, and a stopped stream has no end."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int = 0
+
+
+# Set by the streaming core in each generation's task; models read it when their stream starts (None: nobody asks).
+usage_meter: ContextVar[UsageMeter | None] = ContextVar("usage_meter", default=None)
 
 
 class StreamedChatModel(BaseChatModel):

@@ -14,7 +14,7 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
 
-from chains.models.base import StreamedChatModel, final_chunk, token_chunk
+from chains.models.base import StreamedChatModel, UsageMeter, final_chunk, token_chunk, usage_meter
 
 SCRIPT: tuple[str, ...] = ("Hello", ",", " world", "!", "\n", "你好", "，", "世界", " 🙂", "\r\n", "line", " two", ".")
 
@@ -47,9 +47,12 @@ class ScriptedChatModel(StreamedChatModel):
         if self.fail_after is not None and produced >= self.fail_after:
             raise ScriptedFailure(f"scripted failure after {produced} tokens")
 
+    @staticmethod
+    def _prompt_tokens(messages: list[BaseMessage]) -> int:
+        return sum(len(str(m.content).split()) for m in messages)
+
     def _final_chunk(self, messages: list[BaseMessage]) -> ChatGenerationChunk:
-        prompt_tokens = sum(len(str(m.content).split()) for m in messages)
-        return final_chunk(prompt_tokens, self.reply_tokens, "stop", "scripted")
+        return final_chunk(self._prompt_tokens(messages), self.reply_tokens, "stop", "scripted")
 
     def _stream(
         self,
@@ -77,6 +80,8 @@ class ScriptedChatModel(StreamedChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         delay = self.token_delay_ms / 1000
+        meter = usage_meter.get() or UsageMeter()
+        meter.prompt_tokens = self._prompt_tokens(messages)
         for i, token in enumerate(scripted_tokens(self.reply_tokens)):
             self._maybe_fail(i)
             if delay and i:
@@ -84,5 +89,6 @@ class ScriptedChatModel(StreamedChatModel):
             chunk = token_chunk(token)
             if run_manager:
                 await run_manager.on_llm_new_token(token, chunk=chunk)
+            meter.completion_tokens = i + 1
             yield chunk
         yield self._final_chunk(messages)

@@ -25,7 +25,7 @@ from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from pydantic import ConfigDict, PrivateAttr
 
-from chains.models.base import ModelOverloadedError, StreamedChatModel, final_chunk, token_chunk
+from chains.models.base import ModelOverloadedError, StreamedChatModel, UsageMeter, final_chunk, token_chunk, usage_meter
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "chat": "user", "tool": "tool"}
 
@@ -129,6 +129,8 @@ class LlamaCppChatModel(StreamedChatModel):
                                           special=True)
             if len(tokens) >= self.n_ctx:
                 raise ValueError(f"the prompt is {len(tokens)} tokens, more than the model's context of {self.n_ctx}")
+            meter: UsageMeter = params["meter"]
+            meter.prompt_tokens = len(tokens)
             max_tokens = min(params["max_tokens"], self.n_ctx - len(tokens))
             stops = StopStrings([*prompt.stop, *params["stop"]])
             if params["seed"] is not None:
@@ -147,6 +149,7 @@ class LlamaCppChatModel(StreamedChatModel):
                     finish_reason = "stop"
                     break
                 produced += 1
+                meter.completion_tokens = produced
                 text, stopped = stops.feed(utf8.decode(self._llama.detokenize([token])))
                 if text:
                     emit(text)
@@ -183,6 +186,8 @@ class LlamaCppChatModel(StreamedChatModel):
             "max_tokens": kwargs.get("max_tokens", self.max_tokens),
             "seed": kwargs.get("seed"),
             "stop": stop or [],
+            # The core's meter when it asks (a stopped generation reports what it used), else a private one.
+            "meter": usage_meter.get() or UsageMeter(),
         }
         prompt = [{"role": _ROLES.get(m.type, "user"), "content": m.text} for m in messages]
         return self._executor.submit(self._decode, prompt, params, stop_flag, emit)

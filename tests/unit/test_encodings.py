@@ -13,30 +13,33 @@ JSON, RAW = JsonEvents(), RawText()
 
 def test_json_token_events_are_one_data_line_whatever_the_text() -> None:
     for text in ("Hello", "line\nbreak", "\r", "你好 🙂", '"quoted" \\ back', "\u2028"):
-        encoded = JSON.tokens(7, text, 3)
+        encoded = JSON.tokens(b"r:7", text, 3)
         assert encoded.count(b"\n") == 3  # id line, data line, blank line
         (event,) = parse_sse(encoded.decode())
-        assert (event.id, event.event, event.json()) == ("7", "message", {"token": text, "token_count": 3})
+        assert (event.id, event.event, event.json()) == ("r:7", "message", {"token": text, "token_count": 3})
 
 
 def test_json_start_done_and_error_events() -> None:
-    start = parse_sse(JSON.start(0, StartEvent(timestamp=1.5)).decode())[0]
-    assert (start.id, start.event, start.json()) == ("0", "start", {"status": "started", "timestamp": 1.5})
+    start = parse_sse(JSON.start(b"r:0", StartEvent(timestamp=1.5, run_id="r")).decode())[0]
+    assert (start.id, start.event, start.json()) == ("r:0", "start", {"status": "started", "timestamp": 1.5,
+                                                                      "run_id": "r"})
     done = DoneEvent(full_response="a\nb", token_count=2, duration=0.5, tokens_per_second=4.0,
                      usage=Usage(prompt_tokens=3, completion_tokens=4, total_tokens=7), finish_reason="length")
-    (event,) = parse_sse(JSON.done(9, done).decode())
+    (event,) = parse_sse(JSON.done(b"r:9", done).decode())
     assert (event.event, event.json()) == ("done", json.loads(done.model_dump_json()))
-    (error,) = parse_sse(JSON.error(10, ErrorEvent(error="Timeout after 1s", type="timeout")).decode())
+    (error,) = parse_sse(JSON.error(b"r:10", ErrorEvent(error="Timeout after 1s", type="timeout")).decode())
     assert (error.event, error.json()) == ("error", {"error": "Timeout after 1s", "type": "timeout"})
 
 
 def test_raw_text_sends_each_line_as_a_data_line_so_newlines_survive() -> None:
     assert data_lines("plain") == b"data: plain\n"
     assert data_lines("a\nb\r\nc\rd") == b"data: a\ndata: b\ndata: c\ndata: d\n"
-    (event,) = parse_sse(RAW.tokens(4, "two\nlines", 1).decode())
-    assert (event.id, event.data) == ("4", "two\nlines")
-    assert RAW.start(0, StartEvent(timestamp=0)) is None  # the tutorial's raw routes have no start event
-    assert parse_sse(RAW.done(5, DoneEvent(full_response="", token_count=0, duration=0, tokens_per_second=0)).decode()
-                     )[0].data == "Completed"
-    (error,) = parse_sse(RAW.error(6, ErrorEvent(error="bad\nthing", type="internal_error")).decode())
+    (event,) = parse_sse(RAW.tokens(b"r:4", "two\nlines", 1).decode())
+    assert (event.id, event.data) == ("r:4", "two\nlines")
+    assert RAW.start(b"r:0", StartEvent(timestamp=0, run_id="r")) is None  # the tutorial's raw routes have no start event
+    assert parse_sse(RAW.done(b"r:5", DoneEvent(full_response="", token_count=0, duration=0, tokens_per_second=0)
+                              ).decode())[0].data == "Completed"
+    cancelled = DoneEvent(status="cancelled", full_response="", token_count=0, duration=0, tokens_per_second=0)
+    assert parse_sse(RAW.done(b"r:5", cancelled).decode())[0].data == "Cancelled"
+    (error,) = parse_sse(RAW.error(b"r:6", ErrorEvent(error="bad\nthing", type="internal_error")).decode())
     assert (error.event, error.data) == ("error", "bad\nthing")

@@ -31,7 +31,10 @@ async def test_one_event_per_token_then_done_with_the_whole_reply() -> None:
     done = events[-1].json()
     assert done["full_response"] == "".join(scripted_tokens(13)) and done["token_count"] == 13
     assert done["usage"]["completion_tokens"] == 13 and done["finish_reason"] == "stop"
-    assert [int(e.id or -1) for e in events] == list(range(15))  # ids count up from 0, one per event
+    run_ids = {(e.id or "").split(":")[0] for e in events}
+    assert len(run_ids) == 1 and len(run_ids.pop()) == 22  # one run, 128 random bits
+    assert [int((e.id or "").split(":")[1]) for e in events] == list(range(15))  # <run>:<seq>, seq from 0
+    assert events[0].json()["run_id"] == (events[0].id or "").split(":")[0]
 
 
 async def test_buffering_groups_tokens_and_flushes_the_rest_at_the_end() -> None:

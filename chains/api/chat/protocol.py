@@ -105,34 +105,35 @@ def data_lines(text: str) -> bytes:
 class JsonEvents:
     """The `/chat` encoding."""
 
-    def start(self, event_id: int, event: StartEvent) -> bytes:
-        return b"id: %d\nevent: start\ndata: %b\n\n" % (event_id, event.model_dump_json().encode())
+    def start(self, event_id: bytes, event: StartEvent) -> bytes:
+        return b"id: %b\nevent: start\ndata: %b\n\n" % (event_id, event.model_dump_json().encode())
 
-    def tokens(self, event_id: int, text: str, token_count: int) -> bytes:
+    def tokens(self, event_id: bytes, text: str, token_count: int) -> bytes:
         # Hot path: one orjson call, no model object. orjson escapes newlines, so one data line always.
-        return b'id: %d\ndata: {"token":%b,"token_count":%d}\n\n' % (event_id, orjson.dumps(text), token_count)
+        return b'id: %b\ndata: {"token":%b,"token_count":%d}\n\n' % (event_id, orjson.dumps(text), token_count)
 
-    def done(self, event_id: int, event: DoneEvent) -> bytes:
-        return b"id: %d\nevent: done\ndata: %b\n\n" % (event_id, event.model_dump_json().encode())
+    def done(self, event_id: bytes, event: DoneEvent) -> bytes:
+        return b"id: %b\nevent: done\ndata: %b\n\n" % (event_id, event.model_dump_json().encode())
 
-    def error(self, event_id: int, event: ErrorEvent) -> bytes:
-        return b"id: %d\nevent: error\ndata: %b\n\n" % (event_id, event.model_dump_json().encode())
+    def error(self, event_id: bytes, event: ErrorEvent) -> bytes:
+        return b"id: %b\nevent: error\ndata: %b\n\n" % (event_id, event.model_dump_json().encode())
 
 
 class RawText:
     """The encoding of the tutorial's `/chat-token`, `/chat-conversation`, `/chat-buffered`, `/chat-timeout`."""
 
-    def start(self, event_id: int, event: StartEvent) -> bytes | None:
+    def start(self, event_id: bytes, event: StartEvent) -> bytes | None:
         return None
 
-    def tokens(self, event_id: int, text: str, token_count: int) -> bytes:
-        return b"id: %d\n%b\n" % (event_id, data_lines(text))
+    def tokens(self, event_id: bytes, text: str, token_count: int) -> bytes:
+        return b"id: %b\n%b\n" % (event_id, data_lines(text))
 
-    def done(self, event_id: int, event: DoneEvent) -> bytes:
-        return b"id: %d\nevent: done\ndata: Completed\n\n" % event_id
+    def done(self, event_id: bytes, event: DoneEvent) -> bytes:
+        ending = b"Completed" if event.status == "completed" else b"Cancelled"
+        return b"id: %b\nevent: done\ndata: %b\n\n" % (event_id, ending)
 
-    def error(self, event_id: int, event: ErrorEvent) -> bytes:
-        return b"id: %d\nevent: error\n%b\n" % (event_id, data_lines(event.error))
+    def error(self, event_id: bytes, event: ErrorEvent) -> bytes:
+        return b"id: %b\nevent: error\n%b\n" % (event_id, data_lines(event.error))
 
 
 

@@ -13,15 +13,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Depends, Query
 from fastapi.exceptions import RequestValidationError
+from starlette.responses import Response
 
 from chains.api.chat.protocol import (
     CHAT_EVENTS_DOC, JSON_SSE, RAW_SSE, ChatBody, ChatDefaults, ChatPostQuery, ChatQuery,
 )
 from chains.api.chat.serving import ChatServing
-from chains.api.streaming import TokenStreamResponse
+from chains.api.runs.protocol import RunCaller, run_caller
 from chains.chat import ConversationInput, UserText
+
+
+Caller = Annotated[RunCaller, Depends(run_caller)]
+Stream = Response  # a TokenStreamResponse, or the JSON refusal of a run that cannot start or be joined
 
 
 def chat_router(serving: ChatServing) -> APIRouter:
@@ -34,42 +39,43 @@ def chat_router(serving: ChatServing) -> APIRouter:
         return serving.defaults()
 
     @router.get("/chat", responses=JSON_SSE, description=CHAT_EVENTS_DOC)
-    async def chat_get(query: Annotated[ChatQuery, Query()]) -> TokenStreamResponse:
+    async def chat_get(query: Annotated[ChatQuery, Query()], caller: Caller) -> Stream:
         """Stream a reply, for a browser `EventSource` (which can only GET)."""
-        return serving.chat(query.message, None, query.system_prompt, query)
+        return await serving.chat(query.message, None, query.system_prompt, query, caller)
 
     @router.post("/chat", responses=JSON_SSE, description=CHAT_EVENTS_DOC)
     async def chat_post(query: Annotated[ChatPostQuery, Query()],
-                        body: Annotated[ChatBody | None, Body()] = None) -> TokenStreamResponse:
+                        caller: Caller, body: Annotated[ChatBody | None, Body()] = None) -> Stream:
         """Stream a reply: the tutorial's `POST /chat?message=…&system_prompt=…`, or a JSON body."""
         if body is not None:
-            return serving.chat(body.message, body.messages, body.system_prompt, body)
-        if query.message is None:
+            return await serving.chat(body.message, body.messages, body.system_prompt, body, caller)
+        if query.message is None and caller.last_event_id is None:
             raise RequestValidationError([{"loc": ["query", "message"], "msg": "Field required: give `message` "
                                            "in the query or a JSON body", "type": "missing"}])
-        return serving.chat(query.message, None, query.system_prompt, query)
+        return await serving.chat(query.message, None, query.system_prompt, query, caller)
 
     @router.post("/chat-token", responses=RAW_SSE)
-    async def chat_token(message: Annotated[UserText, Query()]) -> TokenStreamResponse:
+    async def chat_token(message: Annotated[UserText, Query()], caller: Caller) -> Stream:
         """The tutorial's section 1: raw `data: <text>` per token."""
-        return serving.stream("single-turn", message, serving.options(), raw=True)
+        return await serving.stream("single-turn", message, serving.options(), caller, raw=True)
 
     @router.post("/chat-conversation", responses=RAW_SSE)
-    async def chat_conversation(request: ConversationInput) -> TokenStreamResponse:
+    async def chat_conversation(request: ConversationInput, caller: Caller) -> Stream:
         """The tutorial's section 3: a conversation, raw `data:` text, then `event: done` / `data: Completed`."""
-        return serving.stream("conversation", request, serving.options(), raw=True)
+        return await serving.stream("conversation", request, serving.options(), caller, raw=True)
 
     @router.post("/chat-buffered", responses=RAW_SSE)
     async def chat_buffered(message: Annotated[UserText, Query()],
-                            buffer_size: Annotated[int, Query(ge=1, le=1000)] = 3) -> TokenStreamResponse:
+                            caller: Caller, buffer_size: Annotated[int, Query(ge=1, le=1000)] = 3) -> Stream:
         """The tutorial's section 5.1: `buffer_size` tokens per `data:` event (flushed after `flush_ms` anyway)."""
-        return serving.stream("single-turn", message, serving.options(buffer_size=buffer_size), raw=True)
+        return await serving.stream("single-turn", message, serving.options(buffer_size=buffer_size), caller,
+                                    raw=True)
 
     @router.post("/chat-timeout", responses=RAW_SSE)
     async def chat_timeout(message: Annotated[UserText, Query()],
-                           timeout: Annotated[float, Query(gt=0, le=3600)] = 30) -> TokenStreamResponse:
+                           caller: Caller, timeout: Annotated[float, Query(gt=0, le=3600)] = 30) -> Stream:
         """The tutorial's section 5.2: `event: error` / `data: Timeout after <timeout>s` when time runs out."""
-        return serving.stream("single-turn", message, serving.options(timeout=timeout), raw=True)
+        return await serving.stream("single-turn", message, serving.options(timeout=timeout), caller, raw=True)
 
     return router
 

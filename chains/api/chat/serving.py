@@ -5,18 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi.responses import JSONResponse
+
 from chains.api.chat.protocol import JSON_EVENTS, RAW_TEXT, ChatDefaults, StreamParams
-from chains.api.streaming import StreamOptions, TokenStreamResponse, token_events
+from chains.api.runs.protocol import RunCaller
+from chains.api.runs.serving import RunServing
+from chains.api.streaming import StreamOptions, TokenStreamResponse
 from chains.chat import ChatChain, ChatMessage, ConversationInput, SystemPromptInput
 from chains.settings import Settings
 
 
 @dataclass(frozen=True)
 class ChatServing:
-    """The chains LangServe mounts (one path to the model) and the server's stream defaults."""
+    """The chains LangServe mounts (one path to the model), the server's stream defaults, and its runs."""
 
     chains: dict[str, ChatChain]
     settings: Settings
+    runs: RunServing
 
     def options(self, params: StreamParams | None = None, **route_defaults: float) -> StreamOptions:
         """What the request gave, else the route's defaults, else the server's."""
@@ -28,19 +33,20 @@ class ChatServing:
         given = params.model_dump(include=set(StreamParams.model_fields), exclude_none=True) if params else {}
         return StreamOptions(**{**defaults, **given})
 
-    def stream(self, chain: str, chain_input: Any, options: StreamOptions, raw: bool = False) -> TokenStreamResponse:
-        events = token_events(self.chains[chain], chain_input, options, RAW_TEXT if raw else JSON_EVENTS)
-        return TokenStreamResponse(events, self.settings.sse_heartbeat_seconds)
+    async def stream(self, chain: str, chain_input: Any, options: StreamOptions, caller: RunCaller,
+                     raw: bool = False) -> TokenStreamResponse | JSONResponse:
+        return await self.runs.start(self.chains[chain], chain_input, options, RAW_TEXT if raw else JSON_EVENTS,
+                                     caller)
 
-    def chat(self, message: str | None, messages: list[ChatMessage] | None, system_prompt: str | None,
-             params: StreamParams) -> TokenStreamResponse:
+    async def chat(self, message: str | None, messages: list[ChatMessage] | None, system_prompt: str | None,
+                   params: StreamParams, caller: RunCaller) -> TokenStreamResponse | JSONResponse:
         """`/chat`: one message under a system prompt, or a conversation. The request model has validated every
         field with the chain input's own types and limits: the chain gets an instance it does not validate again."""
         if messages is not None:
-            return self.stream("conversation", ConversationInput.model_construct(
-                messages=messages, system_prompt=system_prompt), self.options(params))
-        return self.stream("system-prompt", SystemPromptInput.model_construct(
-            message=message, system_prompt=system_prompt), self.options(params))
+            return await self.stream("conversation", ConversationInput.model_construct(
+                messages=messages, system_prompt=system_prompt), self.options(params), caller)
+        return await self.stream("system-prompt", SystemPromptInput.model_construct(
+            message=message, system_prompt=system_prompt), self.options(params), caller)
 
     def defaults(self) -> ChatDefaults:
         settings = self.settings

@@ -1,0 +1,61 @@
+"""Runs on the wire: what a request says about its run (the disconnect policy, `Last-Event-ID`, its key), and
+the documentation of the events a resumed stream carries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+
+from chains.api.runs.run import OnDisconnect
+from chains.middleware.scope import API_KEY_ID
+
+MAX_GRACE_SECONDS = 3600.0
+
+ON_DISCONNECT_DOC = ("what happens to the run when its last listener goes away: `cancel` (default) stops it at "
+                     "once; `continue` lets it run to its end, to be joined later; a number of seconds (0–3600) "
+                     "waits that long for a listener to rejoin, then cancels")
+LAST_EVENT_ID_DOC = ("resume after this event (`<run id>:<seq>`, the SSE `id:` of the last event received); an "
+                     "EventSource sends it by itself when it reconnects")
+
+
+def parse_on_disconnect(value: str | float | None, location: list[str]) -> OnDisconnect:
+    if value is None:
+        return "cancel"
+    if value in ("cancel", "continue"):
+        return value  # type: ignore[return-value]
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_GRACE_SECONDS or seconds != seconds:
+        raise RequestValidationError([{"loc": location, "type": "value_error", "msg": (
+            f"on_disconnect must be `cancel`, `continue` or seconds from 0 to {MAX_GRACE_SECONDS:g}, not {value!r}")}])
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class RunCaller:
+    """Who asks, and how: the owner of a new run (a fingerprint of the API key, or None without keys), the run
+    to rejoin (`Last-Event-ID`), and the disconnect policy of a new run."""
+
+    owner: str | None
+    last_event_id: str | None
+    on_disconnect: OnDisconnect
+
+
+def run_caller(
+    request: Request,
+    on_disconnect: Annotated[str | None, Query(description=ON_DISCONNECT_DOC, max_length=16)] = None,
+    last_event_id: Annotated[str | None, Header(description=LAST_EVENT_ID_DOC, max_length=200)] = None,
+) -> RunCaller:
+    """A dependency of every route that starts a run."""
+    return RunCaller(owner=request.scope.get(API_KEY_ID), last_event_id=last_event_id or None,
+                     on_disconnect=parse_on_disconnect(on_disconnect, ["query", "on_disconnect"]))
+
+
+def run_owner(request: Request) -> str | None:
+    """A dependency of the routes that reach an existing run."""
+    return request.scope.get(API_KEY_ID)

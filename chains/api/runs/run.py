@@ -1,0 +1,196 @@
+"""One run: a generation's events kept as encoded bytes, and the listeners that follow them.
+
+The generation (chains.api.streaming) appends each event once, already encoded; every listener — the request that
+started the run, a browser that reconnected with `Last-Event-ID`, a page that was reloaded — reads the same bytes
+from its own position and then waits for more. A listener never drives the generation: when the last one leaves,
+the run's disconnect policy decides (`cancel` at once, `continue` to the end, or wait some seconds for a rejoin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+OnDisconnect = Literal["cancel", "continue"] | float
+RunStatus = Literal["running", "completed", "cancelled", "failed"]
+
+# 16 random bytes, URL-safe base64: 22 characters, 128 bits.
+_RUN_ID = r"[A-Za-z0-9_-]{22}"
+RUN_ID_PATTERN = re.compile(_RUN_ID)
+EVENT_ID_PATTERN = re.compile(rf"({_RUN_ID}):(\d{{1,9}})")
+
+
+def new_run_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+class InvalidEventId(ValueError):
+    """A `Last-Event-ID` that names no event of the run: malformed, another run's, or beyond its events."""
+
+
+def parse_event_id(value: str) -> tuple[str, int]:
+    """`<run id>:<seq>` → (run id, seq)."""
+    match = EVENT_ID_PATTERN.fullmatch(value.strip())
+    if match is None:
+        raise InvalidEventId(f"Last-Event-ID {value[:80]!r} is not an event id of this server (<run id>:<number>)")
+    return match[1], int(match[2])
+
+
+class Stoppable(Protocol):
+    """What a run needs of its generation: a way to stop it early."""
+
+    def cancel(self) -> bool: ...
+
+
+class Run:
+    """The events of one generation, in order; `seq` n is the n-th event (0: the start)."""
+
+    __slots__ = ("id", "owner", "prefix", "events", "first_seq", "status", "created", "ended", "listeners",
+                 "on_disconnect", "generation", "mirror", "_waiters", "_grace", "_max_events", "_on_end")
+
+    def __init__(self, run_id: str, owner: str | None, on_disconnect: OnDisconnect, max_events: int,
+                 on_end: Callable[[Run], None] | None = None) -> None:
+        self.id = run_id
+        self.owner = owner  # the API key's fingerprint when keys are set: only that key sees the run
+        self.prefix = run_id.encode() + b":"
+        self.events: list[bytes] = []
+        self.first_seq = 0  # seq of events[0]: a run longer than max_events keeps its newest ones
+        self.status: RunStatus = "running"
+        self.created = time.time()
+        self.ended: float | None = None
+        self.listeners = 0
+        self.on_disconnect = on_disconnect
+        self.generation: Stoppable | None = None  # set when it generates in this process
+        # The store's write-behind (Redis): called after each append and at the end; None in memory.
+        self.mirror: Callable[[Run], None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._grace: asyncio.TimerHandle | None = None
+        self._max_events = max_events
+        self._on_end = on_end
+
+    # -- the generation's side -----------------------------------------------------------------------------
+
+    def event_id(self, seq: int) -> bytes:
+        return b"%b%d" % (self.prefix, seq)
+
+    @property
+    def next_seq(self) -> int:
+        return self.first_seq + len(self.events)
+
+    @property
+    def finished(self) -> bool:
+        return self.status != "running"
+
+    def append(self, event: bytes) -> None:
+        events = self.events
+        events.append(event)
+        if len(events) > self._max_events:  # keep the newest; dropping a block at a time keeps this amortized O(1)
+            drop = len(events) - self._max_events // 2
+            del events[:drop]
+            self.first_seq += drop
+        if self._waiters:
+            self._wake()
+        if self.mirror is not None:
+            self.mirror(self)
+
+    def finish(self, terminal: bytes, status: RunStatus) -> None:
+        """The last event; listeners get it and end."""
+        if self.finished:
+            return
+        self.status = status  # before the append, so that a listener woken by it sees the end
+        self.ended = time.time()
+        self.append(terminal)
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        self.generation = None
+        if self._on_end is not None:
+            self._on_end(self)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def cancel(self) -> bool:
+        """Stop the generation; its terminal event (status cancelled) reaches every listener. False if the run has
+        ended already or does not generate in this process."""
+        return not self.finished and self.generation is not None and self.generation.cancel()
+
+    # -- the listeners' side -------------------------------------------------------------------------------
+
+    async def changed(self) -> None:
+        """Returns after the next append."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    def joined(self) -> None:
+        self.listeners += 1
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+
+    def left(self) -> None:
+        self.listeners -= 1
+        if self.listeners or self.finished:
+            return
+        policy = self.on_disconnect
+        if policy == "cancel":
+            self.cancel()
+        elif policy != "continue":
+            self._grace = asyncio.get_running_loop().call_later(float(policy), self._grace_over)
+
+    def _grace_over(self) -> None:
+        self._grace = None
+        if not self.listeners:
+            self.cancel()
+
+    def check_position(self, seq: int) -> None:
+        """A listener may resume after any event the run still keeps."""
+        if seq >= self.next_seq:
+            raise InvalidEventId(f"Last-Event-ID {self.id}:{seq} is beyond the run's events (the last is "
+                                 f"{self.id}:{self.next_seq - 1})")
+        if seq < self.first_seq - 1:
+            raise InvalidEventId(f"the run no longer keeps the events after {self.id}:{seq} (it keeps the last "
+                                 f"{len(self.events)})")
+
+
+class Listener:
+    """Follows a run from after `seq` (-1: from its start): what was kept, then live events until the terminal one.
+    Each step returns everything new in one piece (one write)."""
+
+    __slots__ = ("run", "position", "closed")
+
+    def __init__(self, run: Run, after: int = -1) -> None:
+        run.joined()
+        self.run = run
+        self.position = after + 1
+        self.closed = False
+
+    def __aiter__(self) -> Listener:
+        return self
+
+    async def __anext__(self) -> bytes:
+        run = self.run
+        while not self.closed:
+            start = max(self.position - run.first_seq, 0)
+            events = run.events
+            if start < len(events):
+                self.position = run.first_seq + len(events)
+                return events[start] if start == len(events) - 1 else b"".join(events[start:])
+            if run.finished:
+                break
+            await run.changed()
+        await self.aclose()
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.run.left()

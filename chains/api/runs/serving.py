@@ -1,0 +1,83 @@
+"""Starting, joining and cancelling runs: what every streaming surface calls, whatever its encoding.
+
+A request that starts a stream gets a new run from the store, a generation writing into it, and a response
+following it. A request that carries `Last-Event-ID` (an EventSource reconnecting on its own) joins the run that
+id names instead: no second generation. Every refusal is one of the shared error types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from chains.api.errors import refuse
+from chains.api.events import EventFormat
+from chains.api.runs.protocol import RunCaller
+from chains.api.runs.run import InvalidEventId, Listener, parse_event_id
+from chains.api.runs.store import CancelOutcome, RunNotFound, RunStore, RunStoreFull, RunStoreUnavailable
+from chains.api.streaming import StreamOptions, TokenStreamResponse, generate
+from chains.chat import ChatChain
+
+
+def run_refusal(exc: Exception) -> JSONResponse:
+    """A store's refusal as the shared error body."""
+    match exc:
+        case RunNotFound():
+            return refuse(404, "not_found", str(exc))
+        case InvalidEventId():
+            return refuse(400, "invalid_event_id", str(exc))
+        case RunStoreFull():
+            return refuse(503, "run_store_full", str(exc))
+        case RunStoreUnavailable():
+            return refuse(503, "run_store_unavailable", str(exc))
+    raise exc
+
+
+RUN_ERRORS = (RunNotFound, InvalidEventId, RunStoreFull, RunStoreUnavailable)
+
+
+@dataclass(frozen=True)
+class RunServing:
+    store: RunStore
+    heartbeat_seconds: float
+
+    @asynccontextmanager
+    async def lifespan(self, app: object) -> AsyncIterator[None]:
+        """The app's lifespan: the store's connections close with it."""
+        yield
+        await self.store.close()
+
+    async def start(self, chain: ChatChain, chain_input: Any, options: StreamOptions, fmt: EventFormat,
+                    caller: RunCaller) -> TokenStreamResponse | JSONResponse:
+        """A new run streamed to the caller, or the run its `Last-Event-ID` names, resumed."""
+        if caller.last_event_id is not None:
+            try:
+                run_id, _ = parse_event_id(caller.last_event_id)
+            except InvalidEventId as exc:
+                return run_refusal(exc)
+            return await self.join(run_id, caller.owner, caller.last_event_id)
+        try:
+            run = await self.store.create(caller.owner, caller.on_disconnect)
+        except RUN_ERRORS as exc:
+            return run_refusal(exc)
+        listener = Listener(run)
+        generate(run, chain, chain_input, options, fmt)
+        return TokenStreamResponse(listener, self.heartbeat_seconds, run.id)
+
+    async def join(self, run_id: str, owner: str | None, last_event_id: str | None
+                   ) -> TokenStreamResponse | JSONResponse:
+        try:
+            events = await self.store.listen(run_id, owner, last_event_id)
+        except RUN_ERRORS as exc:
+            return run_refusal(exc)
+        return TokenStreamResponse(events, self.heartbeat_seconds, run_id)
+
+    async def cancel(self, run_id: str, owner: str | None) -> CancelOutcome | JSONResponse:
+        try:
+            return await self.store.cancel(run_id, owner)
+        except RUN_ERRORS as exc:
+            return run_refusal(exc)

@@ -1,0 +1,162 @@
+"""Where runs are kept: the interface every store implements, and the in-memory store (the default).
+
+A store creates runs (refusing beyond its bounds), finds one for a listener (a run is visible only to the key
+that started it), and cancels one wherever it generates. Finished runs stay joinable for `RUN_TTL` seconds; the
+oldest are forgotten first when `RUN_MAX_FINISHED` would be exceeded. Nothing in a store grows without bound.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+from chains.settings import Settings
+from chains.api.runs.run import InvalidEventId, Listener, OnDisconnect, Run, RunStatus, new_run_id, parse_event_id
+
+
+class RunNotFound(LookupError):
+    """No such run for this caller: unknown, expired, or started with another key (all look the same)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run {run_id[:40]!r}: unknown, expired, or not yours")
+
+
+class RunStoreFull(RuntimeError):
+    """The store holds as many live runs as it may."""
+
+
+class RunStoreUnavailable(RuntimeError):
+    """The shared store cannot be reached."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunLimits:
+    max_events: int = 10_000
+    max_live: int = 4096
+    max_finished: int = 1000
+    ttl: float = 300.0
+
+
+class CancelOutcome(BaseModel):
+    """What `POST /chat/runs/{run_id}/cancel` answers."""
+
+    run_id: str
+    cancelled: bool = Field(description="true if this request stopped the run; false if it had ended already")
+    status: RunStatus | Literal["cancelling"] = Field(description="the run's state after the request")
+    detail: str
+
+
+class RunStore(Protocol):
+    """What the streaming surfaces need of a store."""
+
+    async def create(self, owner: str | None, on_disconnect: OnDisconnect) -> Run:
+        """A new run, generating in this process. Raises RunStoreFull (or RunStoreUnavailable)."""
+        ...
+
+    async def listen(self, run_id: str, owner: str | None, last_event_id: str | None) -> AsyncIterator[bytes]:
+        """The run's events after `last_event_id` (all of them when None), then live ones to the end. Raises
+        RunNotFound, InvalidEventId or RunStoreUnavailable before anything is sent."""
+        ...
+
+    async def cancel(self, run_id: str, owner: str | None) -> CancelOutcome:
+        """Stop the run wherever it generates. Raises RunNotFound or RunStoreUnavailable."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """Runs live and finished in this process, and runs started."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def resume_position(run: Run, last_event_id: str | None) -> int:
+    """The seq a listener resumes after (-1: from the start), checked against the run."""
+    if last_event_id is None:
+        return -1
+    run_id, seq = parse_event_id(last_event_id)
+    if run_id != run.id:
+        raise InvalidEventId(f"Last-Event-ID {last_event_id[:80]!r} belongs to another run, not {run.id}")
+    run.check_position(seq)
+    return seq
+
+
+def cancel_outcome(run: Run, stopped: bool) -> CancelOutcome:
+    if stopped:
+        return CancelOutcome(run_id=run.id, cancelled=True, status="cancelled", detail="the run was cancelled")
+    return CancelOutcome(run_id=run.id, cancelled=False, status=run.status,
+                         detail=f"the run had already ended ({run.status}); nothing to cancel")
+
+
+class MemoryRunStore:
+    """Runs in this process's memory: joinable and cancellable through this process only."""
+
+    def __init__(self, limits: RunLimits) -> None:
+        self.limits = limits
+        self.live: dict[str, Run] = {}
+        self.finished: OrderedDict[str, Run] = OrderedDict()  # in the order they ended: the oldest first
+        self.started = 0
+
+    async def create(self, owner: str | None, on_disconnect: OnDisconnect) -> Run:
+        return self.create_now(owner, on_disconnect)
+
+    def create_now(self, owner: str | None, on_disconnect: OnDisconnect) -> Run:
+        self.forget_expired()
+        if len(self.live) >= self.limits.max_live:
+            raise RunStoreFull(f"{len(self.live)} runs are generating, the most this server keeps (RUN_MAX_LIVE)")
+        run = Run(new_run_id(), owner, on_disconnect, self.limits.max_events, on_end=self._ended)
+        self.live[run.id] = run
+        self.started += 1
+        return run
+
+    def _ended(self, run: Run) -> None:
+        self.live.pop(run.id, None)
+        if self.limits.max_finished:
+            self.finished[run.id] = run
+            while len(self.finished) > self.limits.max_finished:
+                self.finished.popitem(last=False)
+
+    def forget_expired(self, now: float | None = None) -> None:
+        deadline = (time.time() if now is None else now) - self.limits.ttl
+        finished = self.finished
+        while finished:
+            run = next(iter(finished.values()))
+            if run.ended is None or run.ended > deadline:
+                break
+            finished.popitem(last=False)
+
+    def find(self, run_id: str, owner: str | None) -> Run:
+        self.forget_expired()
+        run = self.live.get(run_id) or self.finished.get(run_id)
+        if run is None or run.owner != owner:
+            raise RunNotFound(run_id)
+        return run
+
+    async def listen(self, run_id: str, owner: str | None, last_event_id: str | None) -> AsyncIterator[bytes]:
+        run = self.find(run_id, owner)
+        return Listener(run, resume_position(run, last_event_id))
+
+    async def cancel(self, run_id: str, owner: str | None) -> CancelOutcome:
+        run = self.find(run_id, owner)
+        return cancel_outcome(run, run.cancel())
+
+    def stats(self) -> dict[str, int]:
+        return {"live": len(self.live), "finished": len(self.finished), "started": self.started}
+
+    async def close(self) -> None:
+        return None
+
+
+def build_run_store(settings: Settings) -> RunStore:
+    """The store the settings name: Redis for `RUN_STORE_URL`, else this process's memory."""
+    limits = RunLimits(max_events=settings.run_max_events, max_live=settings.run_max_live,
+                       max_finished=settings.run_max_finished, ttl=settings.run_ttl)
+    if settings.run_store_url:
+        from chains.api.runs.redis_store import RedisRunStore  # only a deployment that uses Redis imports it
+
+        return RedisRunStore(settings.run_store_url, limits)
+    return MemoryRunStore(limits)
