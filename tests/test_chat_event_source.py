@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from playwright.sync_api import Page
 
+from tests.support.sse import run_positions
+
 
 COLLECT = """
 async (query) => new Promise((resolve, reject) => {
@@ -30,4 +32,4 @@ def test_event_source_receives_start_tokens_done(slow_fake_server, page: Page) -
     tokens = [e["data"]["token"] for e in events if e["type"] == "token"]
     assert len(tokens) == 8
     assert "".join(tokens) == events[-1]["data"]["full_response"]
-    assert [e["id"] for e in events] == [str(i) for i in range(len(events))]
+    assert run_positions([e["id"] for e in events])[1] == list(range(len(events)))

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from chains.models.fake import scripted_tokens
-from tests.support.sse import Event, parse_sse
+from tests.support.sse import Event, parse_sse, run_positions
 
 TOKENS = scripted_tokens(20)  # the fake server's reply
 REPLY = "".join(TOKENS)
@@ -25,8 +25,10 @@ def post(server, path: str, **kwargs: Any) -> httpx.Response:
 
 def check_json_stream(events: list[Event], expected_tokens: list[str]) -> dict[str, Any]:
     """The tutorial's /chat schema, field by field; returns the done payload."""
-    assert [e.id for e in events] == [str(i) for i in range(len(events))], "every event has the next id"
+    run_id, positions = run_positions([e.id for e in events])
+    assert positions == list(range(len(events))), "every event has the next id"
     start, *tokens, done = events
+    assert start.json()["run_id"] == run_id
     assert start.event == "start"
     assert start.json()["status"] == "started" and abs(start.json()["timestamp"] - time.time()) < 60
     assert all(e.event == "message" for e in tokens)
@@ -208,7 +210,13 @@ def test_openapi_documents_each_route_and_its_parameters(fake_server) -> None:
     query = {p["name"] for p in paths["/chat"]["get"]["parameters"]}
     assert {"message", "system_prompt", "buffer_size", "flush_ms", "timeout", "idle_timeout"} <= query
     assert "text/event-stream" in paths["/chat"]["post"]["responses"]["200"]["content"]
-    assert {p["name"] for p in paths["/chat-buffered"]["post"]["parameters"]} == {"message", "buffer_size"}
-    assert {p["name"] for p in paths["/chat-timeout"]["post"]["parameters"]} == {"message", "timeout"}
-    assert {p["name"] for p in paths["/chat-token"]["post"]["parameters"]} == {"message"}
+    run = {"on_disconnect", "last-event-id"}  # every route that starts a run: its disconnect policy, and resume
+    assert run <= query
+    assert {p["name"] for p in paths["/chat-buffered"]["post"]["parameters"]} == {"message", "buffer_size", *run}
+    assert {p["name"] for p in paths["/chat-timeout"]["post"]["parameters"]} == {"message", "timeout", *run}
+    assert {p["name"] for p in paths["/chat-token"]["post"]["parameters"]} == {"message", *run}
     assert "requestBody" in paths["/chat-conversation"]["post"]
+    resume = {p["name"] for p in paths["/chat/runs/{run_id}/stream"]["get"]["parameters"]}
+    assert resume == {"run_id", "last_event_id", "last-event-id"}
+    assert "text/event-stream" in paths["/chat/runs/{run_id}/stream"]["get"]["responses"]["200"]["content"]
+    assert "post" in paths["/chat/runs/{run_id}/cancel"]

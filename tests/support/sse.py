@@ -83,6 +83,19 @@ class SSEDecoder:
         return events
 
 
+def run_positions(ids: list[str | None]) -> tuple[str, list[int]]:
+    """Event ids `<run id>:<seq>` → the one run they all name, and their positions (fails on another form)."""
+    runs: set[str] = set()
+    positions: list[int] = []
+    for event_id in ids:
+        run, _, seq = (event_id or "").rpartition(":")
+        assert run and seq.isdigit(), f"event id {event_id!r} is not <run id>:<seq>"
+        runs.add(run)
+        positions.append(int(seq))
+    assert len(runs) == 1, f"ids from several runs: {sorted(runs)}"
+    return runs.pop(), positions
+
+
 def parse_sse(text: str) -> list[Event]:
     """Every event of a complete stream, in order."""
     decoder = SSEDecoder()

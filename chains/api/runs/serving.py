@@ -13,12 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import JSONResponse
+from starlette.responses import Response
 
 from chains.api.errors import refuse
 from chains.api.events import EventFormat
 from chains.api.runs.protocol import RunCaller
 from chains.api.runs.run import InvalidEventId, Listener, parse_event_id
-from chains.api.runs.store import CancelOutcome, RunNotFound, RunStore, RunStoreFull, RunStoreUnavailable
+from chains.api.runs.store import (
+    CancelOutcome, RunNotFound, RunOver, RunStore, RunStoreFull, RunStoreUnavailable,
+)
 from chains.api.streaming import StreamOptions, TokenStreamResponse, generate
 from chains.chat import ChatChain
 
@@ -52,7 +55,7 @@ class RunServing:
         await self.store.close()
 
     async def start(self, chain: ChatChain, chain_input: Any, options: StreamOptions, fmt: EventFormat,
-                    caller: RunCaller) -> TokenStreamResponse | JSONResponse:
+                    caller: RunCaller) -> Response:
         """A new run streamed to the caller, or the run its `Last-Event-ID` names, resumed."""
         if caller.last_event_id is not None:
             try:
@@ -68,10 +71,11 @@ class RunServing:
         generate(run, chain, chain_input, options, fmt)
         return TokenStreamResponse(listener, self.heartbeat_seconds, run.id)
 
-    async def join(self, run_id: str, owner: str | None, last_event_id: str | None
-                   ) -> TokenStreamResponse | JSONResponse:
+    async def join(self, run_id: str, owner: str | None, last_event_id: str | None) -> Response:
         try:
             events = await self.store.listen(run_id, owner, last_event_id)
+        except RunOver:
+            return Response(status_code=204)  # SSE: an EventSource stops reconnecting
         except RUN_ERRORS as exc:
             return run_refusal(exc)
         return TokenStreamResponse(events, self.heartbeat_seconds, run_id)

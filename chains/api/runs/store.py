@@ -26,6 +26,11 @@ class RunNotFound(LookupError):
         super().__init__(f"no run {run_id[:40]!r}: unknown, expired, or not yours")
 
 
+class RunOver(Exception):
+    """The listener already has the run's terminal event: nothing will follow (answered 204, which tells an
+    EventSource to stop reconnecting)."""
+
+
 class RunStoreFull(RuntimeError):
     """The store holds as many live runs as it may."""
 
@@ -60,7 +65,8 @@ class RunStore(Protocol):
 
     async def listen(self, run_id: str, owner: str | None, last_event_id: str | None) -> AsyncIterator[bytes]:
         """The run's events after `last_event_id` (all of them when None), then live ones to the end. Raises
-        RunNotFound, InvalidEventId or RunStoreUnavailable before anything is sent."""
+        RunNotFound, InvalidEventId, RunOver (the id is the run's terminal event) or RunStoreUnavailable before
+        anything is sent."""
         ...
 
     async def cancel(self, run_id: str, owner: str | None) -> CancelOutcome:
@@ -82,6 +88,8 @@ def resume_position(run: Run, last_event_id: str | None) -> int:
     if run_id != run.id:
         raise InvalidEventId(f"Last-Event-ID {last_event_id[:80]!r} belongs to another run, not {run.id}")
     run.check_position(seq)
+    if run.finished and seq == run.next_seq - 1:
+        raise RunOver()
     return seq
 
 
