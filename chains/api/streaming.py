@@ -78,6 +78,7 @@ class Generation:
         run.append(head or b"")
         run.generation = self
         self.producer = loop.create_task(self._produce(chain, chain_input), name=f"generation-{run.id}")
+        self.producer.add_done_callback(self._stopped_before_it_began)
         _live.add(self)
         if options.timeout is not None or options.idle_timeout is not None:
             self._check_deadlines()
@@ -99,10 +100,7 @@ class Generation:
             terminal = self._done("completed"), "completed"
         except asyncio.CancelledError:
             self._flush()
-            if self.interrupted is not None:
-                terminal = self.fmt.error(self._next_id(), self.interrupted), "failed"
-            else:  # a cancel, or the event loop closing: either way the run ends as cancelled
-                terminal = self._done("cancelled"), "cancelled"
+            terminal = self._terminal_when_stopped()
         except Exception as exc:  # noqa: BLE001 - becomes the stream's error event
             self._flush()
             kind, message, _ = describe_failure(exc)
@@ -114,6 +112,16 @@ class Generation:
                 if timer is not None:
                     timer.cancel()
         self.run.finish(*terminal)
+
+    def _stopped_before_it_began(self, task: asyncio.Task[None]) -> None:
+        # A task cancelled before its first step never runs its handlers: the run still gets its terminal event.
+        if not self.run.finished:
+            self.run.finish(*self._terminal_when_stopped())
+
+    def _terminal_when_stopped(self) -> tuple[bytes, RunStatus]:
+        if self.interrupted is not None:
+            return self.fmt.error(self._next_id(), self.interrupted), "failed"
+        return self._done("cancelled"), "cancelled"  # a cancel, or the event loop closing
 
     async def _send_each(self, chunks: AsyncIterator[AIMessageChunk]) -> None:
         # The hot path: one encode and one append per token.

@@ -49,7 +49,7 @@ class Stoppable(Protocol):
 class Run:
     """The events of one generation, in order; `seq` n is the n-th event (0: the start)."""
 
-    __slots__ = ("id", "owner", "prefix", "events", "first_seq", "status", "created", "ended", "listeners",
+    __slots__ = ("id", "owner", "prefix", "events", "first_seq", "status", "created", "ended", "readers",
                  "on_disconnect", "generation", "mirror", "_waiters", "_grace", "_max_events", "_on_end")
 
     def __init__(self, run_id: str, owner: str | None, on_disconnect: OnDisconnect, max_events: int,
@@ -62,7 +62,7 @@ class Run:
         self.status: RunStatus = "running"
         self.created = time.time()
         self.ended: float | None = None
-        self.listeners = 0
+        self.readers: list[Listener] = []  # the listeners connected now
         self.on_disconnect = on_disconnect
         self.generation: Stoppable | None = None  # set when it generates in this process
         # The store's write-behind (Redis): called after each append and at the end; None in memory.
@@ -88,10 +88,8 @@ class Run:
     def append(self, event: bytes) -> None:
         events = self.events
         events.append(event)
-        if len(events) > self._max_events:  # keep the newest; dropping a block at a time keeps this amortized O(1)
-            drop = len(events) - self._max_events // 2
-            del events[:drop]
-            self.first_seq += drop
+        if len(events) > self._max_events:
+            self._forget_oldest()
         if self._waiters:
             self._wake()
         if self.mirror is not None:
@@ -110,6 +108,17 @@ class Run:
         self.generation = None
         if self._on_end is not None:
             self._on_end(self)
+
+    def _forget_oldest(self) -> None:
+        # Keep the newest half (a block at a time keeps appending amortized O(1)), but never what a listener
+        # connected now has not read yet: a slow reader holds its events (a run's length is bounded by
+        # MAX_TOKENS anyway).
+        drop = len(self.events) - self._max_events // 2
+        for reader in self.readers:
+            drop = min(drop, reader.position - self.first_seq)
+        if drop > 0:
+            del self.events[:drop]
+            self.first_seq += drop
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -130,15 +139,21 @@ class Run:
         self._waiters.append(waiter)
         await waiter
 
-    def joined(self) -> None:
-        self.listeners += 1
+    @property
+    def listeners(self) -> int:
+        return len(self.readers)
+
+    def joined(self, reader: Listener) -> None:
+        self.readers.append(reader)
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
 
-    def left(self) -> None:
-        self.listeners -= 1
-        if self.listeners or self.finished:
+    def left(self, reader: Listener) -> None:
+        self.readers.remove(reader)
+        if len(self.events) > self._max_events:  # what this reader held back
+            self._forget_oldest()
+        if self.readers or self.finished:
             return
         policy = self.on_disconnect
         if policy == "cancel":
@@ -168,10 +183,10 @@ class Listener:
     __slots__ = ("run", "position", "closed")
 
     def __init__(self, run: Run, after: int = -1) -> None:
-        run.joined()
         self.run = run
-        self.position = after + 1
+        self.position = after + 1  # the seq of the next event to send
         self.closed = False
+        run.joined(self)
 
     def __aiter__(self) -> Listener:
         return self
@@ -193,4 +208,4 @@ class Listener:
     async def aclose(self) -> None:
         if not self.closed:
             self.closed = True
-            self.run.left()
+            self.run.left(self)
