@@ -15,6 +15,8 @@ from chains.api.chat.serving import ChatServing
 from chains.api.errors import ERROR_RESPONSES, install_error_handlers
 from chains.api.langserve import mount_chains
 from chains.api.meta import meta_router
+from chains.api.openai.router import openai_router
+from chains.api.openai.serving import OpenAIServing
 from chains.api.runs.router import runs_router
 from chains.api.runs.serving import RunServing
 from chains.api.runs.store import build_run_store
@@ -48,6 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
     mount_chains(app, chains)
     app.include_router(chat_router(ChatServing(chains, settings, runs)))
     app.include_router(runs_router(runs))
+    app.include_router(openai_router(OpenAIServing(chains, settings)))
     if keys is not None:
         app.include_router(sign_in_router(*keys))
     app.include_router(meta_router(settings, admission, runs.store))

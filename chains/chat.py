@@ -6,7 +6,7 @@ that is also what LangServe's chat playground needs to recognise the conversatio
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
@@ -138,12 +138,22 @@ class ChatChain(Runnable[Any, str]):
     """
 
     def __init__(self, prompt: Callable[[Any], list[BaseMessage]], model: BaseChatModel, input_type: Any,
-                 name: str) -> None:
+                 name: str, model_params: Mapping[str, Any] | None = None) -> None:
         self.prompt = prompt
         self.model = model
         self.name = name
-        self.sequence = (RunnableLambda(prompt, name=f"{name}_prompt") | model | StrOutputParser()).with_types(
+        self.input_type = input_type
+        # Passed to every call of the model (max_tokens, temperature, stop, seed: what a request may set).
+        self.model_params: dict[str, Any] = dict(model_params or {})
+        bound = model.bind(**self.model_params) if self.model_params else model
+        self.sequence = (RunnableLambda(prompt, name=f"{name}_prompt") | bound | StrOutputParser()).with_types(
             input_type=input_type, output_type=str)
+
+    def with_model_params(self, **params: Any) -> ChatChain:
+        """This chain with `params` passed to each call of its model, for one request: the keyword arguments
+        LangChain's chat models take per call (`max_tokens`, `temperature`, `stop`, `seed`; a provider ignores
+        what it does not know). The chain itself is left as it is."""
+        return ChatChain(self.prompt, self.model, self.input_type, self.name, {**self.model_params, **params})
 
     @property
     def InputType(self) -> Any:  # noqa: N802 - LangChain's name
@@ -184,11 +194,11 @@ class ChatChain(Runnable[Any, str]):
         """The model's chunks for this input: text, and on the last ones usage and finish reason."""
         messages = self.prompt(input)
         if _observed(config):
-            async with aclosing(self.model.astream(messages, config)) as observed:
+            async with aclosing(self.model.astream(messages, config, **self.model_params)) as observed:
                 async for chunk in observed:
                     yield chunk  # type: ignore[misc]
             return
-        async with aclosing(self.model._astream(messages)) as generations:
+        async with aclosing(self.model._astream(messages, **self.model_params)) as generations:
             async for generation in generations:
                 yield generation.message  # type: ignore[misc]
 

@@ -2,7 +2,12 @@
 type from one list (`ErrorType`), built by one function (`refuse`); validation errors keep the shape FastAPI
 documents for every operation (`{"detail": [{"loc", "msg", "type"}]}`). A stream that fails after it started
 says the same in its `event: error`. Messages never hold a traceback, a path or a key: a failure without a
-name answers `internal_error` with an id under which the log has the whole exception."""
+name answers `internal_error` with an id under which the log has the whole exception.
+
+The OpenAI-compatible surface (`/v1`, chains.api.openai) answers the same errors in OpenAI's shape,
+`{"error": {"message", "type", "param", "code"}}` (`code` is our `ErrorType`), validation errors included (as
+400 naming the field in `param`). One error, two renderings: `refuse` returns an `ErrorResponse`, which picks
+the rendering from the path it answers, so the middleware's refusals need not know which surface they guard."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from chains.models.base import ModelOverloadedError
 
@@ -70,12 +76,58 @@ def error_body(kind: ErrorType, message: str, error_id: str | None = None) -> di
     return body
 
 
+OPENAI_PREFIX = "/v1"
+
+
+def speaks_openai(path: str) -> bool:
+    """Whether `path` belongs to the OpenAI-compatible surface, whose errors take OpenAI's shape."""
+    return path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/")
+
+
+# OpenAI's `type` is a coarse class a client can act on; our precise ErrorType goes in `code`.
+_OPENAI_TYPE_OF_STATUS: dict[int, str] = {401: "authentication_error", 403: "permission_error",
+                                          404: "not_found_error", 429: "rate_limit_error"}
+
+
+def openai_error_type(status: int) -> str:
+    if status in _OPENAI_TYPE_OF_STATUS:
+        return _OPENAI_TYPE_OF_STATUS[status]
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def openai_error_body(status: int, kind: ErrorType, message: str, param: str | None = None) -> dict[str, Any]:
+    """The error in OpenAI's shape: what the `openai` SDKs parse into their exceptions (`body`, `code`, `param`)."""
+    return {"error": {"message": message, "type": openai_error_type(status), "param": param, "code": kind}}
+
+
+class ErrorResponse(JSONResponse):
+    """A refusal, rendered when it is sent: in our shape, or in OpenAI's on the `/v1` paths. Rendering at send
+    time rather than at construction lets a middleware refuse without knowing which surface it stands in front
+    of; nothing is mutated, so one instance may answer any path."""
+
+    def __init__(self, status: int, kind: ErrorType, message: str, headers: dict[str, str] | None = None,
+                 error_id: str | None = None, param: str | None = None) -> None:
+        self.kind, self.message, self.param = kind, message, param
+        super().__init__(error_body(kind, message, error_id), status_code=status, headers=headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not speaks_openai(scope.get("path", "")):
+            await super().__call__(scope, receive, send)
+            return
+        body = self.render(openai_error_body(self.status_code, self.kind, self.message, self.param))
+        headers = [(name, str(len(body)).encode() if name == b"content-length" else value)
+                   for name, value in self.raw_headers]
+        await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 def refuse(status: int, kind: ErrorType, message: str, headers: dict[str, str] | None = None,
-           error_id: str | None = None) -> JSONResponse:
-    """The one way a request is refused. Kinds a client should retry later carry `Retry-After`."""
+           error_id: str | None = None, param: str | None = None) -> ErrorResponse:
+    """The one way a request is refused. Kinds a client should retry later carry `Retry-After`. `param` names the
+    request field at fault (shown in OpenAI's shape only; ours names it in the message)."""
     if kind in _RETRY_LATER:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **(headers or {})}
-    return JSONResponse(error_body(kind, message, error_id), status_code=status, headers=headers)
+    return ErrorResponse(status, kind, message, headers, error_id, param)
 
 
 def invalid(location: list[Any], message: str) -> JSONResponse:
@@ -111,6 +163,9 @@ def describe_failure(exc: BaseException, what: str = "a generation") -> Failure:
             return Failure("upstream_error", "the upstream stream broke off")
         case json.JSONDecodeError() | openai.APIResponseValidationError():
             return Failure("upstream_error", "the upstream model sent a malformed response")
+        case openai.APIError():  # an `{"error": …}` event in the middle of an upstream stream
+            code = exc.code if isinstance(exc.code, str) and exc.code.isidentifier() else None
+            return Failure("upstream_error", "the upstream model failed mid-stream" + (f" ({code})" if code else ""))
         case _:
             error_id = secrets.token_hex(6)
             log.error("%s failed (error id %s)", what, error_id, exc_info=exc)
@@ -141,6 +196,31 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def openai_param(location: Any) -> str | None:
+    """A validation error's location as OpenAI names a field: `messages[0].content` (the `body` part dropped)."""
+    param = ""
+    for part in location or ():
+        if part in ("body", "query", "path", "header"):
+            continue
+        param += f"[{part}]" if isinstance(part, int) else (f".{part}" if param else str(part))
+    return param or None
+
+
+def openai_invalid(errors: Any) -> ErrorResponse:
+    """Validation errors as OpenAI's 400: the first one, its field in `param` and in the message."""
+    first = next(iter(errors), {})
+    first = first if isinstance(first, dict) else {"msg": str(first)}
+    if first.get("type") == "json_invalid":
+        return refuse(400, "invalid_body", f"the body is not valid JSON ({first.get('msg', 'decode error')})")
+    param = openai_param(first.get("loc"))
+    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    if first.get("type") == "extra_forbidden":
+        message = f"Unrecognized request argument supplied: {param}"  # OpenAI's words for an unknown field
+    elif param is not None and not message.startswith(f"{param}:"):
+        message = f"{param}: {message}"
+    return refuse(400, "invalid_body", message, param=param)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Failures of the non-streaming endpoints (LangServe's /invoke, /batch) as a status naming the cause, and
     every 422 in FastAPI's documented shape."""
@@ -153,6 +233,8 @@ def install_error_handlers(app: FastAPI) -> None:
         # LangServe raises some 422s with bare strings as errors, and validates each /batch input only when it
         # runs it; its `input` errors come with an empty location.
         assert isinstance(exc, (ValidationError, RequestValidationError))
+        if speaks_openai(request.url.path):  # OpenAI answers a bad field with 400 naming it in `param`
+            return openai_invalid(exc.errors())
         errors = [
             {"loc": list(e.get("loc") or ["body", "input"]), "msg": str(e.get("msg", "")),
              "type": str(e.get("type", "value_error"))}

@@ -1,4 +1,4 @@
-"""Cancels LangServe's /invoke and /batch when their client goes away. Pure ASGI, as every middleware here: Starlette's BaseHTTPMiddleware breaks disconnect detection on streams."""
+"""Cancels LangServe's /invoke and /batch, and /v1/chat/completions, when their client goes away. Pure ASGI, as every middleware here: Starlette's BaseHTTPMiddleware breaks disconnect detection on streams."""
 
 from __future__ import annotations
 
@@ -7,20 +7,23 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chains.middleware.scope import OPENAI_COMPLETIONS
+
 log = logging.getLogger(__name__)
 
 
 class CancelWhenClientLeaves:
     """LangServe's /invoke and /batch answer only at the end, and nothing watches their connection meanwhile: a
     batch ran on for 14 s after its client had gone. Here the request is cancelled as soon as the client goes
-    (and with it every run of its batch: `cancel_batches_together`)."""
+    (and with it every run of its batch: `cancel_batches_together`). /v1/chat/completions waits for its first
+    token (or, not streaming, its whole reply) before it answers: the same watch covers that wait."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].rstrip("/").endswith(
-                ("/invoke", "/batch")):
+        if scope["type"] != "http" or scope["method"] != "POST" or not (scope["path"].rstrip("/").endswith(
+                ("/invoke", "/batch")) or scope["path"] == OPENAI_COMPLETIONS):
             await self.app(scope, receive, send)
             return
         body = await receive()  # the whole body, as RequestLimits hands it on

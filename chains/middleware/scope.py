@@ -14,13 +14,15 @@ PROTOCOL_MARK = "chains.http_protocol"
 API_KEY_ID = "chains.api_key_id"
 
 MODEL_ENDPOINTS = ("/invoke", "/batch", "/stream", "/stream_log", "/stream_events")
+# The OpenAI-compatible surface's generation endpoint (chains.api.openai).
+OPENAI_COMPLETIONS = "/v1/chat/completions"
 
 
 def runs_the_model(path: str) -> bool:
-    """LangServe's generation endpoints and the /chat routes; not schemas, docs, playgrounds or /health, nor joining
-    or cancelling a run (`/chat/runs/…`), which starts nothing."""
+    """LangServe's generation endpoints, the /chat routes and /v1/chat/completions; not schemas, docs, playgrounds
+    or /health, nor joining or cancelling a run (`/chat/runs/…`), which starts nothing."""
     return (path.startswith("/chat") and path != "/chat/defaults" and not path.startswith("/chat/runs/")
-            or path.rstrip("/").endswith(MODEL_ENDPOINTS))
+            or path.rstrip("/").endswith(MODEL_ENDPOINTS) or path == OPENAI_COMPLETIONS)
 
 
 def client_address(scope: Scope) -> str:

@@ -1,0 +1,283 @@
+"""The OpenAI-compatible surface on the wire: the Chat Completions request, its two encodings of a generation's
+events, the model list, and OpenAI's error shape for the documentation.
+
+- `ChatCompletionRequest` — what `POST /v1/chat/completions` accepts. Unknown fields are refused by name (400,
+  `param`), as OpenAI refuses them; the fields this server cannot honour (`n` > 1, `tools`, `logprobs`, …) are
+  accepted only at the value that asks for nothing, so a client that sends its defaults works and one that asks
+  for more is told, never silently ignored.
+- `ChatCompletionChunks` — the streaming encoding: `data: {chat.completion.chunk}` lines (a role chunk, one chunk
+  per token, a finish chunk, the usage chunk when asked for), then `data: [DONE]`; a failure is a
+  `data: {"error": {…}}` chunk, which the `openai` SDKs raise as an `APIError`.
+- `ChatCompletionBody` — the non-streaming encoding: nothing per token, the whole `chat.completion` at the end.
+
+Both are `EventFormat`s of the one streaming core, one instance per request (a completion's id, time and model
+are in every chunk), and both remember whether the generation failed and whether any token was encoded: the
+serving answers a failure before the first token with an HTTP status rather than a stream.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+from chains.api.errors import ERROR_RESPONSES, STATUS_OF, openai_error_body
+from chains.api.events import DoneEvent, ErrorEvent, StartEvent, Usage
+
+# OpenAI allows up to four stop sequences.
+MAX_STOP_SEQUENCES = 4
+
+
+def _only(no_op: Any, why: str) -> AfterValidator:
+    """A field accepted only at the value that asks for nothing (what clients send by default)."""
+
+    def check(value: Any) -> Any:
+        if value is not None and value != no_op:
+            raise ValueError(f"only {no_op!r} is supported: {why}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _text_of(content: Any) -> Any:
+    """A message's content as one string: the string itself, or its text parts joined (OpenAI's content-part
+    form). Done before validation so that a wrong part is one error naming it, not one per union branch."""
+    if not isinstance(content, list):
+        return content
+    texts = []
+    for i, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            kind = part.get("type") if isinstance(part, dict) else None
+            shown = f"a {str(kind)[:40]!r} part" if isinstance(kind, str) else "not a text part"
+            raise ValueError(f"part {i} is {shown}: only text parts ({{type: text, text}}) are supported")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+_TEXT_PART = {"type": "object", "required": ["type", "text"],
+              "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}
+MessageContent = Annotated[str, BeforeValidator(_text_of), WithJsonSchema({"anyOf": [
+    {"type": "string"}, {"type": "array", "items": _TEXT_PART}]})]
+
+
+class RequestMessage(BaseModel):
+    """One message of `messages`. `developer` is OpenAI's newer name for `system`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant"] = Field(
+        description="system (or developer), user or assistant; tool messages are not supported (tools are not)")
+    content: MessageContent = Field(description="the text, or a list of text parts (joined)")
+    name: str | None = Field(None, description="accepted and not used")
+
+
+# One string or a list of them; a list inside, so that a wrong value is one error naming `stop`.
+StopSequences = Annotated[
+    list[str], BeforeValidator(lambda value: [value] if isinstance(value, str) else value),
+    Field(max_length=MAX_STOP_SEQUENCES),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"},
+                                                   "maxItems": MAX_STOP_SEQUENCES}]})]
+
+
+class StreamOptionsParam(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = Field(False, description="a last chunk, before `[DONE]`, with the usage of the request")
+    include_obfuscation: bool | None = Field(None, description="accepted and not used (no padding is added)")
+
+
+_NO_TOOLS = "this server runs chat chains without tools"
+
+
+class ChatCompletionRequest(BaseModel):
+    """`POST /v1/chat/completions`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="a chain: `conversation` (any history), `system-prompt` (system messages and "
+                       "one user message), `single-turn` (one user message); see `GET /v1/models`")
+    messages: list[RequestMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptionsParam | None = None
+    max_completion_tokens: int | None = Field(None, ge=1, description="capped at the server's MAX_TOKENS")
+    max_tokens: int | None = Field(None, ge=1, description="older name of `max_completion_tokens`")
+    temperature: float | None = Field(None, ge=0, le=2)
+    stop: StopSequences | None = Field(
+        None, description="up to 4 sequences that end the reply (not included in it); honoured by the local and "
+        "openai providers, not by the scripted one")
+    seed: int | None = Field(None, description="sampling seed, where the provider takes one")
+    user: str | None = Field(None, max_length=256, description="accepted and not used")
+    # Accepted only at the value that asks for nothing.
+    n: Annotated[int | None, _only(1, "one choice per request")] = None
+    top_p: Annotated[float | None, _only(1, "the server's own sampling settings apply")] = None
+    presence_penalty: Annotated[float | None, _only(0, "not supported")] = None
+    frequency_penalty: Annotated[float | None, _only(0, "not supported")] = None
+    logprobs: Annotated[bool | None, _only(False, "not supported")] = None
+    top_logprobs: Annotated[int | None, _only(0, "logprobs are not supported")] = None
+    logit_bias: Annotated[dict[str, float] | None, _only({}, "not supported")] = None
+    tools: Annotated[list[Any] | None, _only([], _NO_TOOLS)] = None
+    tool_choice: Annotated[Any, _only("none", _NO_TOOLS)] = None
+    parallel_tool_calls: Annotated[bool | None, _only(False, _NO_TOOLS)] = None
+    functions: Annotated[list[Any] | None, _only([], _NO_TOOLS)] = None
+    function_call: Annotated[Any, _only("none", _NO_TOOLS)] = None
+    response_format: Annotated[Any, _only({"type": "text"}, "replies are plain text")] = None
+    modalities: Annotated[list[str] | None, _only(["text"], "replies are text")] = None
+    store: Annotated[bool | None, _only(False, "completions are not stored")] = None
+
+    @property
+    def completion_tokens_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+
+# --- responses ---------------------------------------------------------------------------------------------------
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="unix seconds: when this server started")
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class CompletionMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    refusal: None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    message: CompletionMessage
+    logprobs: None = None
+    finish_reason: str = Field(description="stop, length, … as the model reports it")
+
+
+class ChatCompletion(BaseModel):
+    """The non-streaming answer."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = Field(None, description="when the model reports it")
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str = Field(description="what went wrong, for a person; never a traceback, path or key")
+    type: str = Field(description="OpenAI's class: invalid_request_error, authentication_error, "
+                      "permission_error, not_found_error, rate_limit_error or server_error")
+    param: str | None = Field(None, description="the request field at fault, e.g. `n` or `messages[0].content`")
+    code: str = Field(description="this server's error type (README, Errors)")
+
+
+class OpenAIError(BaseModel):
+    """Every error on `/v1`, in OpenAI's shape."""
+
+    error: OpenAIErrorDetail
+
+
+# What the /v1 operations declare: the statuses every operation may answer, each in OpenAI's shape.
+OPENAI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": spec["description"], "model": OpenAIError} for status, spec in ERROR_RESPONSES.items()
+} | {400: {"description": "an invalid or unsupported field, named in `param`", "model": OpenAIError},
+     404: {"description": "no such model (`param`: model) or path", "model": OpenAIError}}
+
+CHUNK_SSE_DOC = """With `stream: true`, a `text/event-stream` of `data:` lines, each a `chat.completion.chunk` (a
+role chunk, one chunk per token, a chunk with `finish_reason`, then with `stream_options.include_usage` a chunk
+with `usage` and no choices), then `data: [DONE]`. A failure after the stream has started is a
+`data: {"error": {…}}` line. A failure before the first token is an HTTP error instead."""
+
+
+def completion_id() -> str:
+    return "chatcmpl-" + secrets.token_urlsafe(18)
+
+
+# --- the encodings ------------------------------------------------------------------------------------------------
+
+class _Outcome:
+    """What the serving needs to know of a generation while it encodes it."""
+
+    def __init__(self, model: str) -> None:
+        self.id = completion_id()
+        self.created = int(time.time())
+        self.model = model
+        self.tokens_encoded = 0
+        self.failure: ErrorEvent | None = None
+        self.ended = False  # the terminal event (done or error) has been encoded
+
+    def finish_reason(self, event: DoneEvent) -> str:
+        return event.finish_reason or "stop"
+
+
+class ChatCompletionChunks(_Outcome):
+    """The streaming encoding. `event_id` is ignored: OpenAI's chunks carry no SSE `id:`."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        super().__init__(model)
+        self.include_usage = include_usage
+        head = orjson.dumps({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                             "model": model})[:-1]  # without its closing brace: each chunk continues it
+        self._head = b"data: " + head
+        usage = b',"usage":null' if include_usage else b""  # OpenAI's chunks say so when usage is asked for
+        # The hot path: one token is the prefix, the text as a JSON string, the suffix.
+        self._token_prefix = self._head + b',"choices":[{"index":0,"delta":{"content":'
+        self._token_suffix = b'},"logprobs":null,"finish_reason":null}]' + usage + b"}\n\n"
+        self._usage_null = usage
+
+    def _chunk(self, choices: bytes, usage: bytes | None = None) -> bytes:
+        return b"%b,\"choices\":%b%b}\n\n" % (self._head, choices, self._usage_null if usage is None else usage)
+
+    def start(self, event_id: object, event: StartEvent) -> bytes:
+        return self._chunk(b'[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
+                           b'"finish_reason":null}]')
+
+    def tokens(self, event_id: object, text: str, token_count: int) -> bytes:
+        self.tokens_encoded += 1
+        return self._token_prefix + orjson.dumps(text) + self._token_suffix
+
+    def done(self, event_id: object, event: DoneEvent) -> bytes:
+        self.ended = True
+        finish = self._chunk(b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":%b}]'
+                             % orjson.dumps(self.finish_reason(event)))
+        usage = b""
+        if self.include_usage and event.usage is not None:
+            usage = self._chunk(b"[]", b',"usage":' + event.usage.model_dump_json().encode())
+        return finish + usage + b"data: [DONE]\n\n"
+
+    def error(self, event_id: object, event: ErrorEvent) -> bytes:
+        self.failure, self.ended = event, True
+        body = openai_error_body(STATUS_OF.get(event.type, 500), event.type, event.error)
+        return b"data: " + orjson.dumps(body) + b"\n\ndata: [DONE]\n\n"
+
+
+class ChatCompletionBody(_Outcome):
+    """The non-streaming encoding: the events' bytes, concatenated, are the `chat.completion` (or nothing, when
+    the generation failed: then `failure` says why)."""
+
+    def start(self, event_id: object, event: StartEvent) -> bytes | None:
+        return None
+
+    def tokens(self, event_id: object, text: str, token_count: int) -> bytes:
+        self.tokens_encoded += 1
+        return b""
+
+    def done(self, event_id: object, event: DoneEvent) -> bytes:
+        self.ended = True
+        return ChatCompletion(
+            id=self.id, created=self.created, model=self.model, usage=event.usage,
+            choices=[CompletionChoice(message=CompletionMessage(content=event.full_response),
+                                      finish_reason=self.finish_reason(event))],
+        ).model_dump_json().encode()
+
+    def error(self, event_id: object, event: ErrorEvent) -> bytes:
+        self.failure, self.ended = event, True
+        return b""

@@ -1,0 +1,167 @@
+"""The OpenAI-compatible surface's generator: a Chat Completions request → a chain's input and options → the one
+streaming core → chunks, or one `chat.completion`.
+
+Streaming and non-streaming run the same generation through the same core (`open_events`); they differ only in
+the encoding. Both wait for the first token before answering, so that a generation that fails before it has said
+anything — an upstream's 429, a timeout, a full queue — is an HTTP error with its status (429 with `Retry-After`,
+502, 503, 504), which OpenAI's clients raise and retry as they would against OpenAI; after the first token a
+failure can only be a chunk in the stream. A client that leaves while it waits is noticed by
+`chains.middleware.cancel_when_client_leaves`, which cancels the request and with it the generation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from chains.api.errors import STATUS_OF, ErrorResponse, openai_invalid, refuse
+from chains.api.events import EventFormat, ErrorEvent
+from chains.api.openai.protocol import (
+    ChatCompletionBody, ChatCompletionChunks, ChatCompletionRequest, ModelCard, ModelList, RequestMessage,
+)
+from chains.api.streaming import StreamOptions, TokenStreamResponse, token_events
+from chains.chat import ChatChain, ConversationInput, SystemPromptInput
+from chains.settings import Settings
+
+
+class InvalidRequest(ValueError):
+    """A request this surface cannot map onto its chain; `param` names the field."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _system_and_turns(messages: list[RequestMessage]) -> tuple[str | None, list[RequestMessage]]:
+    system = [m.content for m in messages if m.role in ("system", "developer")]
+    return ("\n\n".join(system) if system else None), [m for m in messages if m.role not in ("system", "developer")]
+
+
+def chain_input(chain: str, messages: list[RequestMessage]) -> Any:
+    """`messages` as the input of `chain`, validated with the chain input's own types and limits
+    (MAX_INPUT_CHARS, MAX_MESSAGES). A chain that cannot take them says which one can."""
+    match chain:
+        case "conversation":
+            return ConversationInput.model_validate({"messages": [
+                {"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in messages]})
+        case "system-prompt":
+            system_prompt, turns = _system_and_turns(messages)
+            if len(turns) != 1 or turns[0].role != "user":
+                raise InvalidRequest("model system-prompt answers system messages and exactly one user message; "
+                                     "for a conversation use model conversation", "messages")
+            return SystemPromptInput.model_validate({"message": turns[0].content, "system_prompt": system_prompt})
+        case "single-turn":
+            if len(messages) != 1 or messages[0].role != "user":
+                raise InvalidRequest("model single-turn answers exactly one user message and no system message; "
+                                     "use model system-prompt or conversation", "messages")
+            return SystemPromptInput.model_validate({"message": messages[0].content}).message
+    raise AssertionError(chain)
+
+
+@dataclass
+class OpenAIServing:
+    """The chains LangServe mounts (one path to the model) under their names as OpenAI models."""
+
+    chains: dict[str, ChatChain]
+    settings: Settings
+    started: int = field(default_factory=lambda: int(time.time()))
+
+    def models(self) -> ModelList:
+        return ModelList(data=[ModelCard(id=name, created=self.started, owned_by="chains") for name in self.chains])
+
+    def model(self, name: str) -> ModelCard | ErrorResponse:
+        if name not in self.chains:
+            return self._no_such_model(name)
+        return ModelCard(id=name, created=self.started, owned_by="chains")
+
+    def _no_such_model(self, name: str) -> ErrorResponse:
+        return refuse(404, "not_found", f"The model {name[:100]!r} does not exist; the models are "
+                      f"{', '.join(self.chains)} (GET /v1/models)", param="model")
+
+    def options(self) -> StreamOptions:
+        """Token by token, within the server's generation time limits."""
+        settings = self.settings
+        return StreamOptions(buffer_size=1, flush_ms=None, timeout=settings.stream_timeout,
+                             idle_timeout=settings.stream_idle_timeout)
+
+    def chain_for(self, request: ChatCompletionRequest) -> ChatChain:
+        """The requested chain, with the request's sampling within the server's caps: `max_tokens` at most
+        MAX_TOKENS (above it, the reply ends at MAX_TOKENS with finish_reason `length`)."""
+        chain = self.chains[request.model]
+        params: dict[str, Any] = {}
+        limit = request.completion_tokens_limit
+        if limit is not None:
+            params["max_tokens"] = min(limit, self.settings.max_tokens)
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        if request.stop:
+            params["stop"] = request.stop
+        if request.seed is not None:
+            params["seed"] = request.seed
+        return chain.with_model_params(**params) if params else chain
+
+    def open_events(self, chain: ChatChain, given: Any, fmt: EventFormat) -> AsyncIterator[bytes]:
+        """Starts the generation: the one call into the streaming core (a run, once /v1 streams are runs)."""
+        return token_events(chain, given, self.options(), fmt)
+
+    async def create(self, request: ChatCompletionRequest) -> Response:
+        """`POST /v1/chat/completions`: the stream, or the completion."""
+        if request.model not in self.chains:
+            return self._no_such_model(request.model)
+        try:
+            given = chain_input(request.model, request.messages)
+        except InvalidRequest as exc:
+            return refuse(400, "invalid_body", str(exc), param=exc.param)
+        except ValidationError as exc:  # the chain input's limits; its fields all come from `messages`
+            errors = exc.errors()
+            for error in errors:
+                error["loc"] = ("messages",)
+            return openai_invalid(errors)
+        chain = self.chain_for(request)
+        if request.stream:
+            include_usage = request.stream_options is not None and request.stream_options.include_usage
+            return await self._stream(chain, given, ChatCompletionChunks(request.model, include_usage))
+        return await self._complete(chain, given, ChatCompletionBody(request.model))
+
+    async def _stream(self, chain: ChatChain, given: Any, fmt: ChatCompletionChunks) -> Response:
+        events = self.open_events(chain, given, fmt)
+        head: list[bytes] = []
+        try:
+            # Until the first token or the end: what has come is kept, to be sent first.
+            async for piece in events:
+                head.append(piece)
+                if fmt.tokens_encoded or fmt.ended:
+                    break
+        except BaseException:
+            await events.aclose()  # type: ignore[attr-defined]
+            raise
+        if fmt.failure is not None and not fmt.tokens_encoded:
+            await events.aclose()  # type: ignore[attr-defined]
+            return self._failed(fmt.failure)
+        return TokenStreamResponse(_then(head, events), self.settings.sse_heartbeat_seconds)
+
+    async def _complete(self, chain: ChatChain, given: Any, fmt: ChatCompletionBody) -> Response:
+        async with aclosing(self.open_events(chain, given, fmt)) as events:  # type: ignore[type-var]
+            body = b"".join([piece async for piece in events])
+        if fmt.failure is not None:
+            return self._failed(fmt.failure)
+        return Response(body, media_type="application/json")
+
+    @staticmethod
+    def _failed(failure: ErrorEvent) -> ErrorResponse:
+        return refuse(STATUS_OF.get(failure.type, 500), failure.type, failure.error)
+
+
+async def _then(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """What was read before answering, in one write, then the rest of the stream; closing this closes the
+    stream (and with it the generation)."""
+    async with aclosing(rest) as events:  # type: ignore[type-var]
+        yield b"".join(head)
+        async for piece in events:
+            yield piece
