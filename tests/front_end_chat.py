@@ -170,7 +170,7 @@ class Chat:
 
     def events(self, index: int = -1) -> list[Event]:
         """The SSE events of the index-th /chat response, read by the tests' own strict parser."""
-        response = [r for r in self.responses if r.url == self.chat_url][index]
+        response = [r for r in self.responses if r.url.split("?")[0] == self.chat_url][index]
         assert response.finished() is None, "the /chat request did not complete"
         return parse_sse(body_text(response))
 

@@ -1,7 +1,8 @@
 // The plain typewriter chat: no framework, no build. The chat's state and behaviour are shared with the React and
 // Vue pages (../shared/chat.js, served at /playground/shared/); this file only renders the state into the DOM.
 import {
-  ChatState, EMPTY_TEXT, autosize, connectChat, errorText, formatStats, fromKeyboard, navHtml, refocus, stoppedText,
+  ChatState, EMPTY_TEXT, RECONNECTING_TEXT, autosize, connectChat, errorText, formatStats, fromKeyboard, navHtml,
+  refocus, stoppedText,
 } from '/playground/shared/chat.js';
 import { renderMarkdown } from '/playground/shared/markdown.js';
 
@@ -45,7 +46,7 @@ function addMessage(message) {
   return entry;
 }
 
-/** Brings a message's element in line with its state (text and cursor, stats, error, stopped note). */
+/** Brings a message's element in line with its state (text and cursor, reconnecting, stats, error, stopped note). */
 function update(entry, message) {
   const { el, text } = entry;
   entry.message = message;
@@ -57,7 +58,15 @@ function update(entry, message) {
   } else if (text.textContent !== message.content) {
     text.textContent = message.content; // exact text: white-space: pre-wrap
   }
-  if (message.status === 'stopped' && !el.querySelector('.note')) {
+  const reconnecting = el.querySelector('.reconnecting');
+  if (message.reconnecting && !reconnecting) {
+    const note = element('p', 'note reconnecting', { 'data-testid': 'reconnecting', role: 'status' });
+    note.textContent = RECONNECTING_TEXT;
+    el.append(note);
+  } else if (!message.reconnecting && reconnecting) {
+    reconnecting.remove();
+  }
+  if (message.status === 'stopped' && !el.querySelector('[data-testid=stopped]')) {
     const note = element('p', 'note', { 'data-testid': 'stopped' });
     note.textContent = stoppedText(message);
     el.append(note);

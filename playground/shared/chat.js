@@ -7,7 +7,7 @@
  * Layers: sse-client.js speaks to the server (one request, one outcome); markdown.js renders a reply; this module
  * is the conversation.
  */
-import { streamChat } from './sse-client.js';
+import { DETACH, streamChat } from './sse-client.js';
 import { copyCodeOnClick, tokensPerFrame } from './markdown.js';
 
 // --- state -----------------------------------------------------------------------------------------------------
@@ -26,20 +26,50 @@ export function conversationFor(messages, text) {
  * is not sent again, a stopped one is, with its partial reply (what the model said), unless nothing came at all.
  */
 export function settle(outcome, replyText) {
-  if (outcome.status === 'done') {
-    if (replyText !== outcome.done.full_response) console.warn('streamed text differs from full_response');
-    return { reply: { status: 'done', stats: outcome.done }, user: null };
-  }
+  if (outcome.done && replyText !== outcome.done.full_response) console.warn('streamed text differs from full_response');
+  if (outcome.status === 'done') return { reply: { status: 'done', stats: outcome.done }, user: null };
   const forget = (outcome.status === 'error' || !replyText) ? { inHistory: false } : null;
-  const reply = outcome.status === 'stopped' ? { status: 'stopped' } : { status: 'error', error: outcome };
+  // A stopped run's summary (the tokens it used until the stop) is shown like a finished one's.
+  const reply = outcome.status === 'stopped' ? { status: 'stopped', ...(outcome.done && { stats: outcome.done }) }
+    : { status: 'error', error: outcome };
   return { reply: { ...reply, ...forget }, user: forget };
+}
+
+/**
+ * The reply in flight, kept in sessionStorage (this tab, this page) so that a reload re-attaches to its run:
+ * {runId, systemPrompt, messages (the conversation before the reply, the user's turn last)}. Written once the run
+ * id is known, removed when the reply ends. Storage may be full or off: then a reload starts a new chat, as it
+ * did before runs.
+ */
+const runKey = () => `typewriter-chat:run:${location.pathname}`;
+
+function keepRun(record) {
+  try {
+    sessionStorage.setItem(runKey(), JSON.stringify(record));
+  } catch { /* no storage: a reload will not re-attach */ }
+}
+
+function keptRun() {
+  try {
+    const record = JSON.parse(sessionStorage.getItem(runKey()) ?? 'null');
+    return record && typeof record.runId === 'string' && Array.isArray(record.messages) ? record : null;
+  } catch {
+    return null;
+  }
+}
+
+function forgetRun() {
+  try {
+    sessionStorage.removeItem(runKey());
+  } catch { /* nothing kept */ }
 }
 
 let nextId = 1;
 
 /**
  * One chat: `state` is {messages, streaming, systemPrompt, ready}, where a message is
- * {id, role, content, status: done|streaming|stopped|error, inHistory?, stats?, error?}. Every change replaces
+ * {id, role, content, status: done|streaming|stopped|error, reconnecting?, inHistory?, stats?, error?};
+ * `reconnecting` is true while the reply's connection is down and the client is rejoining its run. Every change replaces
  * `state` (and the messages it changes) rather than editing them, and tells the subscribers: React reads it with
  * useSyncExternalStore, Vue through a shallowRef, the plain page re-renders the messages whose object changed.
  */
@@ -67,11 +97,14 @@ export class ChatState {
   }
 
   /**
-   * The server's defaults (GET /chat/defaults, same origin): the system prompt field starts with the server's
-   * SYSTEM_PROMPT, never a copy of it. `ready` once they came; if they cannot, the field stays empty, and an empty
-   * system prompt is the server's default anyway.
+   * What the page starts from. A reply that was streaming when the page was reloaded: the conversation as it was
+   * and the reply re-attached to its run (replayed from its start). Otherwise the server's defaults
+   * (GET /chat/defaults, same origin): the system prompt field starts with the server's SYSTEM_PROMPT, never a copy
+   * of it. `ready` once they came; if they cannot, the field stays empty, and an empty system prompt is the
+   * server's default anyway.
    */
   async load() {
+    this.reattach();
     let defaults = {};
     try {
       const response = await fetch('/chat/defaults', { headers: { Accept: 'application/json' }, cache: 'no-store' });
@@ -91,35 +124,68 @@ export class ChatState {
     if (!this.canSend(text)) return false;
     const history = conversationFor(this.state.messages, text);
     const user = { id: nextId++, role: 'user', content: text, status: 'done' };
-    let reply = { id: nextId++, role: 'assistant', content: '', status: 'streaming' };
+    const reply = { id: nextId++, role: 'assistant', content: '', status: 'streaming' };
+    const before = this.state.messages; // kept with the run id: what a reload shows again
+    const { systemPrompt } = this.state;
+    this.#set({ messages: [...before, user, reply], streaming: true });
+    await this.#follow(user, reply, {
+      body: { messages: history, system_prompt: systemPrompt },
+      onRun: (runId) => keepRun({ runId, systemPrompt, messages: [...before, user] }),
+    });
+    return true;
+  }
+
+  /** The reply that was streaming when the page was reloaded (sessionStorage), if any, re-attached to its run. */
+  reattach() {
+    const record = keptRun();
+    if (!record || this.#controller) return false;
+    const messages = record.messages.map((m) => ({ ...m, id: nextId++ }));
+    const user = messages[messages.length - 1];
+    const reply = { id: nextId++, role: 'assistant', content: '', status: 'streaming', reconnecting: true };
+    this.#set({ messages: [...messages, reply], streaming: true, systemPrompt: record.systemPrompt ?? '', ready: true });
+    this.#follow(user, reply, { runId: record.runId });
+    return true;
+  }
+
+  /** Streams into `reply` until the run ends, then settles the exchange; a detached one is left as it is. */
+  async #follow(user, reply, request) {
     const controller = new AbortController();
     this.#controller = controller;
-    this.#set({ messages: [...this.state.messages, user, reply], streaming: true });
-
     // The whole reply is rendered again on each update: tokens are handed on at most once a frame.
     const tokens = tokensPerFrame((more) => {
       this.#set({ messages: this.#changed({ [reply.id]: { content: this.#find(reply).content + more } }) });
     });
     const outcome = await streamChat({
-      body: { messages: history, system_prompt: this.state.systemPrompt },
+      ...request,
       signal: controller.signal,
       onToken: tokens.push,
+      onConnection: (state) => {
+        tokens.flush();
+        this.#set({ messages: this.#changed({ [reply.id]: { reconnecting: state === 'reconnecting' } }) });
+      },
     });
     tokens.flush();
-
-    this.#controller = null;
-    reply = this.#find(reply);
-    const changes = settle(outcome, reply.content);
+    if (this.#controller === controller) this.#controller = null;
+    if (outcome.status === 'detached') return; // the page is going away; its run waits for the next one
+    forgetRun();
+    const changes = settle(outcome, this.#find(reply).content);
+    changes.reply = { ...changes.reply, reconnecting: false };
     this.#set({ streaming: false, messages: this.#changed({ [user.id]: changes.user, [reply.id]: changes.reply }) });
-    return true;
   }
 
   #find(message) { // the message as it is now (or as it was, once "New chat" has removed it)
     return this.state.messages.find((m) => m.id === message.id) ?? message;
   }
 
-  /** Stop (button, Esc, leaving the page): the request is aborted and the server cancels the generation. */
+  /** Stop (button, Esc): the run is cancelled; the reply ends with what the model said until then. */
   stop = () => this.#controller?.abort();
+
+  /** Leaving (a reload, the component unmounting): the connection is closed, the run goes on for its grace period
+   * and the page that comes next (after a reload) re-attaches to it. */
+  detach = () => {
+    this.#controller?.abort(DETACH);
+    this.#controller = null; // at once: a remount (React's StrictMode) re-attaches before the stream has ended
+  };
 
   clear() {
     this.stop();
@@ -133,6 +199,9 @@ export const EMPTY_TEXT = 'Ask anything. The reply streams in token by token; ea
   + 'message. Enter sends, Shift+Enter adds a line, Esc stops.';
 
 export const stoppedText = (message) => (message.content ? 'Stopped: partial reply' : 'Stopped before the first token');
+
+/** Shown while a reply's connection is down and the page is rejoining its run (and only then). */
+export const RECONNECTING_TEXT = 'Connection lost: reconnecting…';
 
 /** "20 tokens · 1234.5 tokens/s · 0.02 s" from a `done` payload. */
 export function formatStats(done) {
@@ -209,8 +278,9 @@ export function followScroll(list, slack = 40) {
 
 /**
  * Wires a page's elements to its chat, once they are mounted: Enter in `box` calls `send()` (Shift+Enter adds a
- * line, an IME's committing Enter does neither), the box grows as it is typed in, Esc and leaving the page stop the
- * reply, the log follows it (followScroll) and its code blocks' Copy buttons work. Returns {resume, disconnect}.
+ * line, an IME's committing Enter does neither), the box grows as it is typed in, Esc stops the reply, leaving the
+ * page detaches it (a reload re-attaches; a closed tab's run ends after its grace period), the log follows it
+ * (followScroll) and its code blocks' Copy buttons work. Returns {resume, disconnect}.
  */
 export function connectChat(chat, { list, box, send }) {
   let composing = false;
@@ -226,7 +296,9 @@ export function connectChat(chat, { list, box, send }) {
     [box, 'input', () => autosize(box)],
     [list, 'click', copyCodeOnClick], // event delegation: the rendered markdown carries no handlers
     [document, 'keydown', (event) => { if (event.key === 'Escape') chat.stop(); }],
-    [window, 'pagehide', chat.stop],
+    [window, 'pagehide', chat.detach],
+    // Back from the back/forward cache: the run is still there, for its grace period.
+    [window, 'pageshow', (event) => { if (event.persisted) chat.reattach(); }],
   ];
   for (const [target, type, listener] of listeners) target.addEventListener(type, listener);
   const follow = followScroll(list);

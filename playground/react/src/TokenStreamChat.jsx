@@ -5,7 +5,8 @@
  */
 import { memo, useEffect, useLayoutEffect, useMemo, useRef, useState, useSyncExternalStore } from 'react';
 import {
-  ChatState, EMPTY_TEXT, autosize, connectChat, errorText, formatStats, fromKeyboard, navHtml, refocus, stoppedText,
+  ChatState, EMPTY_TEXT, RECONNECTING_TEXT, autosize, connectChat, errorText, formatStats, fromKeyboard, navHtml,
+  refocus, stoppedText,
 } from '../../shared/chat.js';
 import { renderMarkdown } from '../../shared/markdown.js';
 
@@ -16,7 +17,7 @@ function Markdown({ text, streaming }) {
 }
 
 const Message = memo(function Message({ message }) {
-  const { role, content, status, stats, error } = message;
+  const { role, content, status, reconnecting, stats, error } = message;
   return (
     <article className={`message ${role}`} data-testid="message" data-role={role} data-status={status}>
       <span className="who">{role === 'user' ? 'You' : 'Assistant'}</span>
@@ -25,6 +26,7 @@ const Message = memo(function Message({ message }) {
           ? <Markdown text={content} streaming={status === 'streaming'} />
           : <span className="text" data-testid="message-text">{content}</span>}
       </div>
+      {reconnecting && <p className="note reconnecting" data-testid="reconnecting" role="status">{RECONNECTING_TEXT}</p>}
       {status === 'stopped' && <p className="note" data-testid="stopped">{stoppedText(message)}</p>}
       {stats && (
         <p className="stats" data-testid="stats" data-token-count={stats.token_count}
@@ -58,7 +60,7 @@ export default function TokenStreamChat() {
     chat.load();
     return () => {
       wiring.disconnect();
-      chat.stop(); // unmounting ends the stream (and the generation)
+      chat.detach(); // unmounting closes the stream; the run waits its grace period for a remount to re-attach
     };
   }, [chat]);
 
