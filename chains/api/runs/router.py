@@ -11,7 +11,7 @@ from chains.api.chat.protocol import CHAT_EVENTS_DOC, JSON_SSE
 from chains.api.runs.protocol import LAST_EVENT_ID_DOC, run_owner
 from chains.api.runs.run import RUN_ID_PATTERN
 from chains.api.runs.serving import RunServing
-from chains.api.runs.store import CancelOutcome
+from chains.api.runs.store import CancelOutcome, RunInfo
 
 RunId = Annotated[str, Path(description="the `run_id` of the start event, or the `X-Run-Id` header",
                             pattern=RUN_ID_PATTERN.pattern, max_length=22)]
@@ -32,6 +32,11 @@ def runs_router(serving: RunServing) -> APIRouter:
     ) -> Response:
         """Resume (or replay) a run's stream."""
         return await serving.join(run_id, owner, last_event_id or last_event_id_query or None)
+
+    @router.get("/chat/runs/{run_id}")
+    async def run_state(run_id: RunId, owner: Owner) -> RunInfo:
+        """The run's state: running, completed, cancelled or failed; its events so far; when it ended."""
+        return await serving.info(run_id, owner)  # type: ignore[return-value]
 
     @router.post("/chat/runs/{run_id}/cancel")
     async def cancel_run(run_id: RunId, owner: Owner) -> CancelOutcome:

@@ -20,7 +20,7 @@ from chains.api.events import EventFormat
 from chains.api.runs.protocol import RunCaller
 from chains.api.runs.run import InvalidEventId, Listener, parse_event_id
 from chains.api.runs.store import (
-    CancelOutcome, RunNotFound, RunOver, RunStore, RunStoreFull, RunStoreUnavailable,
+    CancelOutcome, RunInfo, RunNotFound, RunOver, RunStore, RunStoreFull, RunStoreUnavailable,
 )
 from chains.api.streaming import StreamOptions, TokenStreamResponse, generate
 from chains.chat import ChatChain
@@ -83,5 +83,11 @@ class RunServing:
     async def cancel(self, run_id: str, owner: str | None) -> CancelOutcome | JSONResponse:
         try:
             return await self.store.cancel(run_id, owner)
+        except RUN_ERRORS as exc:
+            return run_refusal(exc)
+
+    async def info(self, run_id: str, owner: str | None) -> RunInfo | JSONResponse:
+        try:
+            return await self.store.info(run_id, owner)
         except RUN_ERRORS as exc:
             return run_refusal(exc)

@@ -56,6 +56,22 @@ class CancelOutcome(BaseModel):
     detail: str
 
 
+class RunInfo(BaseModel):
+    """What `GET /chat/runs/{run_id}` answers."""
+
+    run_id: str
+    status: RunStatus
+    events: int = Field(description="events so far, the start and the terminal one included")
+    listeners: int | None = Field(description="connected now (None when the run generates on another replica)")
+    created: float = Field(description="unix seconds")
+    ended: float | None = Field(description="unix seconds; the run can be replayed until ended + RUN_TTL")
+
+
+def run_info(run: Run) -> RunInfo:
+    return RunInfo(run_id=run.id, status=run.status, events=run.next_seq, listeners=run.listeners,
+                   created=run.created, ended=run.ended)
+
+
 class RunStore(Protocol):
     """What the streaming surfaces need of a store."""
 
@@ -71,6 +87,10 @@ class RunStore(Protocol):
 
     async def cancel(self, run_id: str, owner: str | None) -> CancelOutcome:
         """Stop the run wherever it generates. Raises RunNotFound or RunStoreUnavailable."""
+        ...
+
+    async def info(self, run_id: str, owner: str | None) -> RunInfo:
+        """The run's state. Raises RunNotFound or RunStoreUnavailable."""
         ...
 
     def stats(self) -> dict[str, int]:
@@ -151,6 +171,9 @@ class MemoryRunStore:
     async def cancel(self, run_id: str, owner: str | None) -> CancelOutcome:
         run = self.find(run_id, owner)
         return cancel_outcome(run, run.cancel())
+
+    async def info(self, run_id: str, owner: str | None) -> RunInfo:
+        return run_info(self.find(run_id, owner))
 
     def stats(self) -> dict[str, int]:
         return {"live": len(self.live), "finished": len(self.finished), "started": self.started}
