@@ -206,3 +206,39 @@ def first_token_seconds(url: str) -> float:
             if line.startswith('data: {"token"'):
                 return time.monotonic() - started
     raise AssertionError("no token arrived")
+
+
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+def start_redis(port: int | None = None, seconds: float = 15) -> LiveServer:
+    """A real redis-server (Debian's) on loopback, nothing persisted, managed like the other servers; its `url`
+    is `redis://127.0.0.1:<port>`. `port`: start again on the port of one that was stopped."""
+    port = free_port() if port is None else port
+    args = [REDIS_SERVER, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+            "--protected-mode", "yes", "--daemonize", "no"]
+    log = _log_file("redis")
+    main_thread = threading.current_thread() is threading.main_thread()
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, cwd=ROOT, env=clean_env(), stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True,
+                                   preexec_fn=_die_with_the_starter if main_thread else None)
+    watchdog = subprocess.Popen([sys.executable, "-m", "tests.support.watchdog", str(os.getpid()), str(process.pid)],
+                                cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL, start_new_session=True)
+    server = LiveServer(f"redis://{HOST}:{port}", process, log, watchdog)
+    _running[process.pid] = server
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            stop_process(server)
+            raise RuntimeError(f"redis-server exited with {process.returncode}:\n{server.output()}")
+        try:
+            with socket.create_connection((HOST, port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return server
+        except OSError:
+            pass
+        time.sleep(0.05)
+    stop_process(server)
+    raise RuntimeError(f"redis-server did not come up in {seconds}s:\n{server.output()}")

@@ -1,0 +1,228 @@
+"""The Redis run store in-process against a real redis-server: two stores in one event loop stand for two replicas
+(A generates, B joins and cancels). The generation is the real streaming core driven by the scripted model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+
+from chains.api.chat.protocol import JsonEvents
+from chains.api.runs.redis_store import FINISHED_KEY, LIVE_KEY, RedisRunStore, events_key, meta_key
+from chains.api.runs.run import InvalidEventId, Run
+from chains.api.runs.store import RunLimits, RunNotFound, RunOver, RunStoreFull, RunStoreUnavailable
+from chains.api.streaming import StreamOptions, generate
+from chains.chat import single_turn_chain
+from chains.models.fake import ScriptedChatModel, scripted_tokens
+from chains.settings import ConfigError
+from tests.support.servers import LiveServer, free_port, start_redis, stop_process
+from tests.support.sse import Event, parse_sse
+
+SECONDS = 10  # no step of a test waits longer
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[LiveServer]:
+    server = start_redis()
+    yield server
+    stop_process(server)
+
+
+@pytest.fixture
+def url(redis_server: LiveServer) -> str:
+    redis.Redis.from_url(redis_server.url).flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+async def replicas(url: str) -> AsyncIterator[tuple[RedisRunStore, RedisRunStore]]:
+    a, b = RedisRunStore(url, RunLimits()), RedisRunStore(url, RunLimits())
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+async def start(store: RedisRunStore, tokens: int = 10, delay_ms: float = 0, owner: str | None = None,
+                on_disconnect: str | float = "continue") -> Run:
+    run = await store.create(owner, on_disconnect)  # type: ignore[arg-type]
+    chain = single_turn_chain(ScriptedChatModel(reply_tokens=tokens, token_delay_ms=delay_ms))  # type: ignore[arg-type]
+    generate(run, chain, "hi", StreamOptions(), JsonEvents())
+    return run
+
+
+async def read_all(events: AsyncIterator[bytes]) -> list[Event]:
+    async def collect() -> bytes:
+        return b"".join([chunk async for chunk in events])
+    return parse_sse((await asyncio.wait_for(collect(), SECONDS)).decode())
+
+
+async def until(condition: object, seconds: float = SECONDS) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+def tokens_of(events: list[Event]) -> list[str]:
+    return [event.json()["token"] for event in events if event.event == "message"]
+
+
+async def test_a_run_generating_on_a_is_replayed_and_followed_through_b(replicas: tuple[RedisRunStore, ...]) -> None:
+    a, b = replicas
+    run = await start(a, tokens=12, delay_ms=20)
+    await until(lambda: run.next_seq >= 4)
+    events = await read_all(await b.listen(run.id, None, None))  # joins mid-run: replay, then live
+    assert [e.event for e in events] == ["start", *["message"] * 12, "done"]
+    assert tokens_of(events) == scripted_tokens(12)
+    assert [e.id for e in events] == [f"{run.id}:{seq}" for seq in range(14)]
+    assert events[-1].json()["full_response"] == "".join(scripted_tokens(12))
+    assert a.stats()["started"] == 1 and b.stats() == {"live": 0, "finished": 0, "started": 0}
+
+
+async def test_resume_through_b_after_any_event_loses_and_repeats_nothing(replicas: tuple[RedisRunStore, ...]) -> None:
+    a, b = replicas
+    run = await start(a, tokens=6)
+    await until(lambda: run.finished and run.id not in a.live)
+    full = parse_sse(b"".join(run.events).decode())
+    for k in range(len(full) - 1):
+        after = await read_all(await b.listen(run.id, None, f"{run.id}:{k}"))
+        assert after == full[k + 1:]
+    with pytest.raises(RunOver):  # the terminal event: nothing follows (answered 204)
+        await b.listen(run.id, None, f"{run.id}:{len(full) - 1}")
+
+
+async def test_b_refuses_what_a_would_refuse(replicas: tuple[RedisRunStore, ...]) -> None:
+    a, b = replicas
+    run = await start(a, tokens=3, owner="key-1")
+    other = await start(a, tokens=3, owner="key-1")
+    await until(lambda: run.finished and other.finished and not a.live)
+    with pytest.raises(RunNotFound):
+        await b.listen(run.id, "key-2", None)  # another key: as if it did not exist
+    with pytest.raises(RunNotFound):
+        await b.listen(run.id, None, None)
+    with pytest.raises(RunNotFound):
+        await b.cancel(run.id, "key-2")
+    with pytest.raises(RunNotFound):
+        await b.listen("A" * 22, "key-1", None)
+    with pytest.raises(InvalidEventId, match="another run"):
+        await b.listen(run.id, "key-1", f"{other.id}:1")
+    with pytest.raises(InvalidEventId, match="beyond"):  # a finished run: no waiting for more
+        await b.listen(run.id, "key-1", f"{run.id}:99")
+
+
+async def test_cancel_through_b_stops_the_generation_on_a(replicas: tuple[RedisRunStore, ...]) -> None:
+    a, b = replicas
+    run = await start(a, tokens=1000, delay_ms=20)
+    await until(lambda: run.next_seq >= 3)
+    outcome = await b.cancel(run.id, None)
+    assert (outcome.cancelled, outcome.status) == (True, "cancelled")
+    assert run.status == "cancelled"  # A's run had ended when B answered
+    done = parse_sse(run.events[-1].decode())[0]
+    assert done.event == "done" and done.json()["finish_reason"] == "cancelled"
+    again = await b.cancel(run.id, None)
+    assert (again.cancelled, again.status) == (False, "cancelled") and "already ended" in again.detail
+
+
+async def test_a_listener_through_b_counts_for_the_disconnect_policy_on_a(replicas: tuple[RedisRunStore, ...]) -> None:
+    a, b = replicas
+    run = await start(a, tokens=50, delay_ms=20, on_disconnect=0.3)  # cancelled 0.3 s after its last listener
+    await until(lambda: run.next_seq >= 2)
+    follower = await b.listen(run.id, None, f"{run.id}:0")
+    await until(lambda: run.listeners == 1)
+    await asyncio.sleep(0.6)
+    assert not run.finished  # B's listener kept it going past the grace
+    await follower.aclose()  # type: ignore[attr-defined]
+    await until(lambda: run.status == "cancelled", 3)
+
+
+async def test_max_live_counts_the_runs_of_every_replica(url: str) -> None:
+    limits = RunLimits(max_live=2)
+    a, b = RedisRunStore(url, limits), RedisRunStore(url, limits)
+    try:
+        await start(a, tokens=1000, delay_ms=20)
+        second = await start(b, tokens=1000, delay_ms=20)
+        with pytest.raises(RunStoreFull, match="RUN_MAX_LIVE"):
+            await a.create(None, "continue")
+        assert a.stats()["live"] == 1 and a.stats()["started"] == 1  # the refused run left nothing behind
+        await b.cancel(second.id, None)
+        await until(lambda: second.id not in b.live)
+        await start(a, tokens=1)  # a place is free again
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_finished_runs_expire_and_the_oldest_are_forgotten(url: str) -> None:
+    a, b = RedisRunStore(url, RunLimits(ttl=0.5, max_finished=2)), RedisRunStore(url, RunLimits())
+    client = redis.Redis.from_url(url)
+    try:
+        runs = [await start(a, tokens=2) for _ in range(3)]
+        await until(lambda: not a.live)
+        with pytest.raises(RunNotFound):  # the oldest of three, beyond RUN_MAX_FINISHED
+            await b.listen(runs[0].id, None, None)
+        assert client.zcard(FINISHED_KEY) == 2 and client.zcard(LIVE_KEY) == 0
+        assert 0 < client.pttl(meta_key(runs[2].id)) <= 500 and 0 < client.pttl(events_key(runs[2].id)) <= 500
+        await read_all(await b.listen(runs[2].id, None, None))
+        await asyncio.sleep(0.7)
+        with pytest.raises(RunNotFound):
+            await b.listen(runs[2].id, None, None)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_long_run_keeps_its_newest_events_and_an_older_resume_is_refused(url: str) -> None:
+    a, b = RedisRunStore(url, RunLimits(max_events=16)), RedisRunStore(url, RunLimits())
+    try:
+        run = await start(a, tokens=40)
+        await until(lambda: not a.live)
+        kept = [int(entry_id.split(b"-")[1]) - 1 for entry_id, _ in
+                redis.Redis.from_url(url).xrange(events_key(run.id))]
+        assert 8 <= len(kept) <= 16 and kept == list(range(kept[0], 42))  # the newest, without a hole
+        with pytest.raises(InvalidEventId, match="no longer keeps"):
+            await b.listen(run.id, None, f"{run.id}:{kept[0] - 2}")
+        tail = await read_all(await b.listen(run.id, None, f"{run.id}:{kept[0] - 1}"))
+        assert [e.id for e in tail] == [f"{run.id}:{seq}" for seq in kept]
+        assert tail[-1].event == "done"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_unreachable_at_start_up_is_one_config_error_without_the_password() -> None:
+    url = f"redis://user:s3cret-pass@127.0.0.1:{free_port()}/0"
+    with pytest.raises(ConfigError) as info:
+        RedisRunStore(url, RunLimits())
+    message = str(info.value)
+    assert message.startswith(f"RUN_STORE_URL: cannot reach Redis at redis://127.0.0.1:{url.rsplit(':', 1)[1]}")
+    assert "s3cret" not in message and "user" not in message and "\n" not in message
+
+
+async def test_redis_lost_mid_run_local_listeners_go_on_and_it_recovers() -> None:
+    server = start_redis()
+    a, b = RedisRunStore(server.url, RunLimits()), RedisRunStore(server.url, RunLimits())
+    try:
+        run = await start(a, tokens=60, delay_ms=15)
+        local = await a.listen(run.id, None, None)
+        await until(lambda: run.next_seq >= 3)
+        stop_process(server)
+        with pytest.raises(RunStoreUnavailable):
+            await b.listen(run.id, None, None)
+        events = await read_all(local)  # the generation never waited for Redis
+        assert tokens_of(events) == scripted_tokens(60) and events[-1].event == "done"
+        during = await start(a, tokens=5)  # new runs generate (here only) while Redis is away
+        await until(lambda: during.finished)
+        server = start_redis(server.port)  # empty: nothing was persisted
+        await until(lambda: a.healthy and not a.dirty)
+        # The run that spanned the outage and the one started during it are written again, whole.
+        replay = await read_all(await b.listen(during.id, None, None))
+        assert tokens_of(replay) == scripted_tokens(5)
+        fresh = await start(a, tokens=4)
+        assert tokens_of(await read_all(await b.listen(fresh.id, None, None))) == scripted_tokens(4)
+    finally:
+        await a.close()
+        await b.close()
+        stop_process(server)
