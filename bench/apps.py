@@ -4,6 +4,7 @@
   With BENCH_DELAY_MS it paces its events, the ceiling for the concurrency benchmark.
 - `tutorial`: the tutorial's `/chat` handler as written (json.dumps f-strings over `llm.astream`), over the same
   scripted model our server runs with CHAT_PROVIDER=fake.
+- `ours_without_a_store`: our app with runs that no store keeps (B1's baseline for the run stores).
 
 Run: `uvicorn bench.apps:ceiling` or `uvicorn bench.apps:tutorial`, with BENCH_TOKENS and BENCH_DELAY_MS set.
 """
@@ -86,3 +87,21 @@ async def chat(message: str, system_prompt: str = "你是一个有用的助手")
             yield f"event: error\ndata: {json.dumps(error_data)}\n\n"
 
     return StreamingResponse(generate(), media_type="text/event-stream")
+
+
+# --- ours, with runs that no store keeps: B1's baseline for what keeping runs costs ---------------------------------
+def ours_without_a_store() -> Starlette:
+    """An app factory (`uvicorn --factory bench.apps:ours_without_a_store`): our app as `make run` builds it, but its
+    runs are kept by no store (no resume, no cancel by id, no bounds). The stream is the same code: a generation
+    writing into a run, a listener following it. B1 compares it with the in-memory and the Redis store."""
+    import server
+    from chains.api.runs.run import OnDisconnect, Run, new_run_id
+    from chains.api.runs.store import MemoryRunStore, RunLimits
+    from chains.settings import load_settings
+
+    class UnkeptRuns(MemoryRunStore):
+        async def create(self, owner: str | None, on_disconnect: OnDisconnect) -> Run:
+            return Run(new_run_id(), owner, on_disconnect, self.limits.max_events)
+
+    server.build_run_store = lambda settings: UnkeptRuns(RunLimits())  # type: ignore[assignment]
+    return server.create_app(load_settings())

@@ -1,7 +1,10 @@
 """`make bench`: what the streaming costs, against baselines measured in the same run.
 
 B1 stack cost — events/s of a 5,000-token reply from a zero-delay model: a bare Starlette stream (ceiling), the
-   tutorial's handler, LangServe `/stream`, our `/chat`.
+   tutorial's handler, LangServe `/stream`, our `/chat` with the in-memory run store, with runs kept by no store,
+   and with the Redis run store (a real redis-server on loopback).
+Runs — resume latency (reconnect with Last-Event-ID → first replayed event, p50/p99), in memory and through another
+   replica over Redis; memory per finished run kept for replay.
 B2 embedded model — tokens/s and time to first token: llama-cpp-python in-process vs `/chat` and
    `/conversation/stream` over HTTP; same prompt, same max tokens, temperature 0.
 B3 concurrency — N paced streams (20 tokens/s, 100 tokens): inter-token gap p50/p99, failures, server RSS, for
@@ -53,10 +56,12 @@ class Sizes:
     b3_tokens: int = 100
     b3_delay_ms: float = 50
     idle_streams: int = 500
+    resumes: int = 200
+    finished_runs: int = 1000
 
 
 QUICK = Sizes(runs=2, b1_tokens=200, b2_max_tokens=8, b3_streams=(10,), b3_tokens=5, b3_delay_ms=20, idle_streams=20,
-              b3_langserve_max=10)
+              b3_langserve_max=10, resumes=10, finished_runs=50)
 
 
 @dataclass
@@ -93,8 +98,13 @@ def serve(target: str, **env: str) -> Iterator[Server]:
     port = free_port()
     workers = int(env.get("BENCH_WORKERS", "1"))
     name = "bench-" + (target.rsplit(":", 1)[1] if target.startswith("bench.") else "ours")  # its log's name
+    if "RUN_STORE_URL" in env:
+        name += "-redis"
     if target == "server:app":  # ours, as `make run` serves it; the baselines under plain uvicorn
         args = launcher.command(HOST, port, workers, quiet=True)
+    elif target == "bench.apps:ours_without_a_store":  # ours too, so with our request-line protocol
+        args = [sys.executable, "-m", "uvicorn", "--factory", target, "--host", HOST, "--port", str(port),
+                "--log-level", "warning", "--no-access-log", "--http", launcher.PROTOCOL]
     else:
         args = [sys.executable, "-m", "uvicorn", target, "--host", HOST, "--port", str(port), "--log-level",
                 "warning", "--no-access-log", "--workers", str(workers)]
@@ -130,27 +140,110 @@ def events_per_second(port: int, method: str, path: str, body: Any, expected: in
     return len(tokens) / (result.events[-1].at - result.started)
 
 
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A real redis-server on loopback for the Redis run store (tests/support/servers.py starts it)."""
+    from tests.support.servers import start_redis
+
+    redis = start_redis()
+    try:
+        yield redis.url
+    finally:
+        stop_process(redis)
+
+
 def b1(sizes: Sizes) -> dict[str, Any]:
     n = sizes.b1_tokens
-    contestants: list[tuple[str, str, dict[str, str], str, str, Any]] = [
-        ("ceiling", "bench.apps:ceiling", {"BENCH_TOKENS": str(n)}, "GET", "/stream", None),
-        ("tutorial", "bench.apps:tutorial", {"BENCH_TOKENS": str(n)}, "POST", "/chat?message=hi", None),
-        ("langserve", "server:app", {"CHAT_PROVIDER": "fake", "FAKE_REPLY_TOKENS": str(n)}, "POST",
-         "/single-turn/stream", {"input": "hi"}),
-        ("ours", "server:app", {"CHAT_PROVIDER": "fake", "FAKE_REPLY_TOKENS": str(n)}, "POST", "/chat",
-         {"message": "hi"}),
-    ]
-    rates: dict[str, list[float]] = {name: [] for name, *_ in contestants}
-    for name, target, env, method, path, body in contestants:
-        with serve(target, **env) as server:
-            events_per_second(server.port, method, path, body, n)  # warm-up
-            for _ in range(sizes.runs):
-                rates[name].append(events_per_second(server.port, method, path, body, n))
+    fake = {"CHAT_PROVIDER": "fake", "FAKE_REPLY_TOKENS": str(n)}
+    with redis_server() as redis_url:
+        contestants: list[tuple[str, str, dict[str, str], str, str, Any]] = [
+            ("ceiling", "bench.apps:ceiling", {"BENCH_TOKENS": str(n)}, "GET", "/stream", None),
+            ("tutorial", "bench.apps:tutorial", {"BENCH_TOKENS": str(n)}, "POST", "/chat?message=hi", None),
+            ("langserve", "server:app", fake, "POST", "/single-turn/stream", {"input": "hi"}),
+            ("ours", "server:app", fake, "POST", "/chat", {"message": "hi"}),  # the in-memory run store
+            ("ours_no_store", "bench.apps:ours_without_a_store", fake, "POST", "/chat", {"message": "hi"}),
+            ("ours_redis", "server:app", {**fake, "RUN_STORE_URL": redis_url}, "POST", "/chat", {"message": "hi"}),
+        ]
+        rates: dict[str, list[float]] = {name: [] for name, *_ in contestants}
+        for name, target, env, method, path, body in contestants:
+            with serve(target, **env) as server:
+                events_per_second(server.port, method, path, body, n)  # warm-up
+                for _ in range(sizes.runs):
+                    rates[name].append(events_per_second(server.port, method, path, body, n))
     return {name: summary(values) for name, values in rates.items()} | {
         "ours_vs_ceiling": summary([o / c for o, c in zip(rates["ours"], rates["ceiling"])]),
         "ours_vs_langserve": summary([o / s for o, s in zip(rates["ours"], rates["langserve"])]),
         "ours_vs_tutorial": summary([o / t for o, t in zip(rates["ours"], rates["tutorial"])]),
+        "memory_store_vs_no_store": summary([o / b for o, b in zip(rates["ours"], rates["ours_no_store"])]),
+        "redis_store_vs_no_store": summary([r / b for r, b in zip(rates["ours_redis"], rates["ours_no_store"])]),
     }
+
+
+# --- Runs: resume latency, memory per finished run ----------------------------------------------------------------
+
+async def _resume_once(port: int, join_port: int, after_tokens: int) -> float:
+    """Start a paced run that outlives its connection, drop it after `after_tokens` tokens, reconnect with
+    Last-Event-ID (to `join_port`: the same server, or another replica): seconds from the reconnect to the
+    first replayed event."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.write(b"GET /chat?message=hi&on_disconnect=continue HTTP/1.1\r\nHost: x\r\n\r\n")
+    seen = b""
+    while seen.count(b'"token_count":') < after_tokens:
+        seen += await reader.read(65536)
+    writer.close()
+    last_id = seen[:seen.rindex(b'"token_count":')].rsplit(b"id: ", 1)[1].split(b"\n", 1)[0].decode()
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection(HOST, join_port)
+    writer.write(f"GET /chat/runs/{last_id.split(':')[0]}/stream HTTP/1.1\r\nHost: x\r\n"
+                 f"Last-Event-ID: {last_id}\r\n\r\n".encode())
+    received = b""
+    while b"\ndata: " not in received:
+        data = await reader.read(65536)
+        if not data:
+            raise RuntimeError(f"resume closed early: {received[:200]!r}")
+        received += data
+    elapsed = time.perf_counter() - started
+    writer.close()
+    return elapsed
+
+
+def runs(sizes: Sizes) -> dict[str, Any]:
+    """Resume latency (reconnect → first replayed event, p50/p99) for the in-memory store and for Redis through
+    another replica; memory per finished run kept for replay."""
+    paced = {"CHAT_PROVIDER": "fake", "FAKE_REPLY_TOKENS": "40", "FAKE_TOKEN_DELAY_MS": "5",
+             "MAX_STREAMS_PER_CLIENT": "0"}
+    out: dict[str, Any] = {}
+
+    def latencies(port: int, join_port: int) -> dict[str, float]:
+        async def measure() -> list[float]:
+            async with asyncio.timeout(300):
+                return [await _resume_once(port, join_port, 1 + i % 20) for i in range(sizes.resumes)]
+
+        values = run_async(measure())
+        return {"p50_ms": percentile(values, 0.5) * 1000, "p99_ms": percentile(values, 0.99) * 1000}
+
+    with serve("server:app", **paced) as server:
+        out["resume_memory"] = latencies(server.port, server.port)
+    with redis_server() as redis_url, serve("server:app", **paced, RUN_STORE_URL=redis_url) as a, \
+            serve("server:app", **paced, RUN_STORE_URL=redis_url) as b:
+        out["resume_redis_other_replica"] = latencies(a.port, b.port)
+
+    kept = sizes.finished_runs
+    with serve("server:app", CHAT_PROVIDER="fake", FAKE_REPLY_TOKENS="100", RUN_MAX_FINISHED=str(kept),
+               MAX_STREAMS_PER_CLIENT="0") as server:
+        async def fill(count: int) -> None:
+            async with asyncio.timeout(600):
+                for start in range(0, count, 50):
+                    await asyncio.gather(*(sse_request(HOST, server.port, "POST", "/chat", {"message": "hi"},
+                                                       light=True) for _ in range(min(50, count - start))))
+
+        run_async(fill(200))  # warm: allocator arenas, caches
+        before = server.rss_mb()
+        run_async(fill(kept))
+        after = server.rss_mb()
+    out["finished_runs_kept"] = kept
+    out["kb_per_finished_run_100_tokens"] = (after - before) * 1024 / kept
+    return out
 
 
 # --- B2 -----------------------------------------------------------------------------------------------------------
@@ -333,11 +426,21 @@ def report(results: dict[str, Any], sizes: Sizes) -> str:
         "| stream | events/s | vs ceiling |", "| --- | --- | --- |",
     ]
     for name, label in (("ceiling", "bare Starlette, pre-encoded (ceiling)"), ("tutorial", "tutorial's handler"),
-                        ("langserve", "LangServe `/stream`"), ("ours", "our `/chat`")):
+                        ("langserve", "LangServe `/stream`"), ("ours", "our `/chat` (in-memory run store)"),
+                        ("ours_no_store", "our `/chat`, runs kept by no store"),
+                        ("ours_redis", "our `/chat`, Redis run store")):
         ratio = r1[name]["median"] / r1["ceiling"]["median"]
         lines.append(f"| {label} | {fmt(r1[name])} | {ratio:.2f}× |")
+    runs_ = results["runs"]
     lines += ["", f"ours ÷ ceiling {fmt(r1['ours_vs_ceiling'], 2)} (goal ≥ 0.5) · ours ÷ LangServe "
-              f"{fmt(r1['ours_vs_langserve'], 2)} (goal ≥ 2) · ours ÷ tutorial {fmt(r1['ours_vs_tutorial'], 2)}", "",
+              f"{fmt(r1['ours_vs_langserve'], 2)} (goal ≥ 2) · ours ÷ tutorial {fmt(r1['ours_vs_tutorial'], 2)}",
+              f"in-memory store ÷ no store {fmt(r1['memory_store_vs_no_store'], 2)} (goal ≥ 0.9) · Redis store ÷ no "
+              f"store {fmt(r1['redis_store_vs_no_store'], 2)} (goal ≥ 0.5)", "",
+              f"**Runs** — resume (reconnect with `Last-Event-ID` → first replayed event), {sizes.resumes} resumes: "
+              f"in-memory p50 {runs_['resume_memory']['p50_ms']:.1f} ms / p99 {runs_['resume_memory']['p99_ms']:.1f} ms"
+              f"; Redis, through another replica, p50 {runs_['resume_redis_other_replica']['p50_ms']:.1f} ms / p99 "
+              f"{runs_['resume_redis_other_replica']['p99_ms']:.1f} ms · memory per finished run kept (100 tokens): "
+              f"{runs_['kb_per_finished_run_100_tokens']:.1f} KB", "",
               f"**B2 embedded model** — SmolLM2-135M Q4_1, {sizes.b2_max_tokens} tokens, temperature 0", "",
               "| path | tokens/s | time to first token (ms) |", "| --- | --- | --- |"]
     for name, label in (("raw", "llama-cpp-python in-process"), ("chat", "our `/chat` over HTTP"),
@@ -375,17 +478,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, figures meaningless")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument("--only", help="comma-separated parts to run (B1,runs,B2,B3,memory,builds,loops); the "
+                        "report then prints those parts' figures as JSON")
     args = parser.parse_args()
     sizes = QUICK if args.quick else Sizes()
     started = time.monotonic()
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, Python {sys.version.split()[0]}",
                                "sizes": sizes.__dict__}
-    for key, bench in (("B1", b1), ("B2", b2), ("B3", b3), ("memory", idle_streams), ("builds", builds),
-                       ("loops", loops)):
+    parts = (("B1", b1), ("runs", runs), ("B2", b2), ("B3", b3), ("memory", idle_streams), ("builds", builds),
+             ("loops", loops))
+    only = set(args.only.split(",")) if args.only else None
+    for key, bench in parts:
+        if only is not None and key not in only:
+            continue
         step = time.monotonic()
         results[key] = bench(sizes)
         print(f"{key} done in {time.monotonic() - step:.0f}s", file=sys.stderr, flush=True)
     results["seconds"] = round(time.monotonic() - started)
+    if only is not None:  # a partial run: its figures, not the full report
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        print(json.dumps({k: v for k, v in results.items() if k in only}, indent=1))
+        return
     table = report(results, sizes)
     results["table"] = table
     args.out.parent.mkdir(parents=True, exist_ok=True)
