@@ -22,7 +22,7 @@ import weakref
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from langchain_core.messages import AIMessageChunk
 from starlette.responses import StreamingResponse
@@ -30,7 +30,7 @@ from starlette.types import Receive, Scope, Send
 
 from chains.api.errors import describe_failure
 from chains.api.events import DoneEvent, ErrorEvent, EventFormat, StartEvent, Usage
-from chains.api.runs.run import Listener, Run, RunStatus, new_run_id
+from chains.api.runs.run import CancelReason, Listener, Run, RunStatus, new_run_id
 from chains.chat import ChatChain
 from chains.models.base import UsageMeter, usage_meter
 
@@ -45,6 +45,43 @@ class StreamOptions:
     idle_timeout: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StreamLabels:
+    """Which surface a generation serves: bounded values only (never user text, never a run id)."""
+
+    route: str = "/chat"
+    chain: str = "system-prompt"
+
+
+@dataclass(slots=True)
+class StreamRecord:
+    """What the core measured of one generation, handed to the observer once, at its end."""
+
+    run_id: str
+    labels: StreamLabels
+    ending: str  # done, cancelled, disconnect, timeout, shutdown, or the error type
+    finish_reason: str | None
+    seconds: float  # from the request to the terminal event
+    time_to_first_token: float | None
+    time_per_output_token: float | None  # mean gap between tokens after the first (OTel's definition)
+    longest_gap: float | None  # the longest silence between two tokens
+    token_events: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+class StreamObserver(Protocol):
+    """Metrics, traces and logs (chains.observability) see each generation begin and end; nothing per token."""
+
+    def stream_started(self, labels: StreamLabels) -> object:
+        """Returns a handle (e.g. a span) given back at the end."""
+        ...
+
+    def first_token(self, handle: object) -> None: ...
+
+    def stream_ended(self, handle: object, record: StreamRecord) -> None: ...
+
+
 # Generations in flight in this process, so that a shutdown can end each stream with a terminal event.
 _live: weakref.WeakSet[Generation] = weakref.WeakSet()
 SHUTDOWN = ErrorEvent(error="the server is shutting down; try again", type="shutdown")
@@ -55,9 +92,16 @@ class Generation:
     """One generation in flight: the task that runs the chain and writes its events into the run."""
 
     def __init__(self, run: Run, chain: ChatChain, chain_input: Any, options: StreamOptions,
-                 fmt: EventFormat) -> None:
+                 fmt: EventFormat, labels: StreamLabels = StreamLabels(),
+                 observer: StreamObserver | None = None) -> None:
         self.loop = loop = asyncio.get_running_loop()
         self.run = run
+        self.labels = labels
+        self.observer = observer
+        self.handle = observer.stream_started(labels) if observer is not None else None
+        self.first_token_at: float | None = None
+        self.longest_gap = 0.0
+        self.cancel_reason: CancelReason = "cancelled"
         self.fmt = fmt
         self.options = options
         self.usage: Usage | None = None
@@ -89,7 +133,7 @@ class Generation:
 
     async def _produce(self, chain: ChatChain, chain_input: Any) -> None:
         usage_meter.set(self.meter)  # this task's context: the model counts into it
-        terminal: tuple[bytes, RunStatus]
+        terminal: tuple[bytes, RunStatus] | tuple[bytes, RunStatus, str]
         try:
             async with aclosing(chain.astream_messages(chain_input)) as chunks:
                 if self.options.buffer_size == 1:
@@ -106,17 +150,44 @@ class Generation:
             kind, message, _ = describe_failure(exc)
             if kind != "internal_error":  # an internal error has been logged in full already
                 log.warning("generation failed: %s", message)
-            terminal = self.fmt.error(self._next_id(), ErrorEvent(error=message, type=kind)), "failed"
+            terminal = self.fmt.error(self._next_id(), ErrorEvent(error=message, type=kind)), "failed", kind
         finally:
             for timer in (self.watchdog, self.flush_timer):
                 if timer is not None:
                     timer.cancel()
-        self.run.finish(*terminal)
+        self._finish(*terminal)
+
+    def _finish(self, terminal: bytes, status: RunStatus, failure: str | None = None) -> None:
+        self.run.finish(terminal, status)
+        if self.observer is not None:
+            self.observer.stream_ended(self.handle, self._record(status, failure))
+
+    def _record(self, status: RunStatus, failure: str | None) -> StreamRecord:
+        if status == "completed":
+            ending = "done"
+        elif status == "cancelled":
+            ending = self.cancel_reason
+        elif self.interrupted is not None:
+            ending = self.interrupted.type  # timeout, shutdown
+        else:
+            ending = failure or "internal_error"
+        first, tokens, usage, meter = self.first_token_at, self.token_count, self.usage, self.meter
+        per_token = (self.last_token - first) / (tokens - 1) if first is not None and tokens > 1 else None
+        return StreamRecord(
+            run_id=self.run.id, labels=self.labels, ending=ending, finish_reason=self.finish_reason,
+            seconds=self.loop.time() - self.began,
+            time_to_first_token=first - self.began if first is not None else None,
+            time_per_output_token=per_token, longest_gap=self.longest_gap if tokens > 1 else None,
+            token_events=tokens,
+            prompt_tokens=usage.prompt_tokens if usage else meter.prompt_tokens,
+            completion_tokens=usage.completion_tokens if usage else (
+                meter.completion_tokens if meter.prompt_tokens is not None else None),
+        )
 
     def _stopped_before_it_began(self, task: asyncio.Task[None]) -> None:
         # A task cancelled before its first step never runs its handlers: the run still gets its terminal event.
         if not self.run.finished:
-            self.run.finish(*self._terminal_when_stopped())
+            self._finish(*self._terminal_when_stopped())
 
     def _terminal_when_stopped(self) -> tuple[bytes, RunStatus]:
         if self.interrupted is not None:
@@ -125,7 +196,7 @@ class Generation:
 
     async def _send_each(self, chunks: AsyncIterator[AIMessageChunk]) -> None:
         # The hot path: one encode and one append per token.
-        run, fmt, texts, loop = self.run, self.fmt, self.texts, self.loop
+        run, fmt, texts = self.run, self.fmt, self.texts
         event_id, seq, count = run.event_id, self.seq, self.token_count
         async for chunk in chunks:
             if chunk.content:
@@ -134,7 +205,7 @@ class Generation:
                 seq += 1
                 count += 1
                 self.seq, self.token_count = seq, count
-                self.last_token = loop.time()
+                self._token_time()
                 run.append(fmt.tokens(event_id(seq), text, count))
             if chunk.response_metadata or chunk.usage_metadata:  # only on the last chunks
                 self._note_metadata(chunk)
@@ -144,13 +215,23 @@ class Generation:
         async for chunk in chunks:
             if chunk.content:
                 pending.append(chunk.text)
-                self.last_token = loop.time()
+                self._token_time()
                 if len(pending) >= buffer_size:
                     self._flush()
                 elif self.flush_after is not None and self.flush_timer is None:
                     self.flush_timer = loop.call_later(self.flush_after, self._flush)
             if chunk.response_metadata or chunk.usage_metadata:
                 self._note_metadata(chunk)
+
+    def _token_time(self) -> None:
+        now = self.loop.time()
+        if self.first_token_at is None:
+            self.first_token_at = now
+            if self.observer is not None:
+                self.observer.first_token(self.handle)
+        elif now - self.last_token > self.longest_gap:
+            self.longest_gap = now - self.last_token
+        self.last_token = now
 
     def _flush(self) -> None:
         """Send the buffered tokens as one event (buffering, or before a terminal event)."""
@@ -212,18 +293,20 @@ class Generation:
             self.interrupted = reason
             self.producer.cancel()
 
-    def cancel(self) -> bool:
+    def cancel(self, reason: CancelReason = "cancelled") -> bool:
         """End early as cancelled: the terminal event carries what was sent and used until now."""
         if self.finished or self.interrupted is not None or self.cancelled:
             return False
         self.cancelled = True
+        self.cancel_reason = reason
         self.producer.cancel()
         return True
 
 
-def generate(run: Run, chain: ChatChain, chain_input: Any, options: StreamOptions, fmt: EventFormat) -> Generation:
+def generate(run: Run, chain: ChatChain, chain_input: Any, options: StreamOptions, fmt: EventFormat,
+             labels: StreamLabels = StreamLabels(), observer: StreamObserver | None = None) -> Generation:
     """Start generating into `run` (created by a store); listeners follow the run."""
-    return Generation(run, chain, chain_input, options, fmt)
+    return Generation(run, chain, chain_input, options, fmt, labels, observer)
 
 
 def token_events(chain: ChatChain, chain_input: Any, options: StreamOptions, fmt: EventFormat) -> AsyncIterator[bytes]:

@@ -10,7 +10,10 @@ from chains.chat import single_turn_chain
 from chains.models.fake import ScriptedChatModel, scripted_tokens
 from chains.api.chat.protocol import JsonEvents
 from chains.api.events import ErrorEvent
-from chains.api.streaming import StreamOptions, _live, end_all_streams, token_events
+from chains.api.runs.run import Listener, Run, new_run_id
+from chains.api.streaming import (
+    StreamLabels, StreamOptions, StreamRecord, _live, end_all_streams, generate, token_events,
+)
 from tests.support.sse import Event, parse_sse
 
 
@@ -102,3 +105,59 @@ async def test_a_consumer_that_stops_reading_stops_the_generation() -> None:
     await asyncio.sleep(0.1)
     assert len(produced) == seen, "the model went on producing for a consumer that left"
 
+
+
+class RecordingObserver:
+    """What chains.observability receives: one start, one first token, one record per generation."""
+
+    def __init__(self) -> None:
+        self.started: list[StreamLabels] = []
+        self.first_tokens = 0
+        self.records: list[StreamRecord] = []
+
+    def stream_started(self, labels: StreamLabels) -> object:
+        self.started.append(labels)
+        return len(self.started)
+
+    def first_token(self, handle: object) -> None:
+        self.first_tokens += 1
+
+    def stream_ended(self, handle: object, record: StreamRecord) -> None:
+        self.records.append(record)
+
+
+async def test_the_observer_gets_one_record_per_generation_with_its_ending_and_timings() -> None:
+    observer = RecordingObserver()
+    labels = StreamLabels("/chat", "single-turn")
+
+    async def run(on_disconnect: str, options: StreamOptions, leave_after: int | None = None,
+                  cancel_after: int | None = None, **model: object) -> None:
+        run_ = Run(new_run_id(), None, on_disconnect, 1000)  # type: ignore[arg-type]
+        listener = Listener(run_)
+        generate(run_, single_turn_chain(ScriptedChatModel(**model)), "hi", options, JsonEvents(),  # type: ignore[arg-type]
+                 labels, observer)
+        events = 0
+        async for chunk in listener:
+            events += chunk.count(b"\n\n")
+            if leave_after is not None and events > leave_after:
+                await listener.aclose()
+            if cancel_after is not None and events > cancel_after:
+                run_.cancel()
+        while not run_.finished:
+            await asyncio.sleep(0.01)
+
+    await run("cancel", StreamOptions(), reply_tokens=5, token_delay_ms=5)
+    await run("cancel", StreamOptions(), cancel_after=3, reply_tokens=1000, token_delay_ms=2)
+    await run("cancel", StreamOptions(), leave_after=3, reply_tokens=1000, token_delay_ms=2)
+    await run("cancel", StreamOptions(timeout=0.1), reply_tokens=1000, token_delay_ms=5)
+    await run("cancel", StreamOptions(), reply_tokens=10, fail_after=2)
+    assert [r.ending for r in observer.records] == ["done", "cancelled", "disconnect", "timeout", "internal_error"]
+    assert observer.started == [labels] * 5 and observer.first_tokens == 5
+    done = observer.records[0]
+    assert done.token_events == 5 and done.completion_tokens == 5 and done.prompt_tokens == 1
+    assert done.finish_reason == "stop" and done.labels == labels and len(done.run_id) == 22
+    assert 0 < done.time_to_first_token < done.seconds  # type: ignore[operator]
+    assert done.time_per_output_token is not None and done.longest_gap is not None
+    assert done.time_per_output_token <= done.longest_gap
+    cancelled = observer.records[1]
+    assert cancelled.finish_reason is None and cancelled.completion_tokens >= cancelled.token_events > 0  # type: ignore[operator]

@@ -57,25 +57,27 @@ def chat_router(serving: ChatServing) -> APIRouter:
     @router.post("/chat-token", responses=RAW_SSE)
     async def chat_token(message: Annotated[UserText, Query()], caller: Caller) -> Stream:
         """The tutorial's section 1: raw `data: <text>` per token."""
-        return await serving.stream("single-turn", message, serving.options(), caller, raw=True)
+        return await serving.stream("/chat-token", "single-turn", message, serving.options(), caller, raw=True)
 
     @router.post("/chat-conversation", responses=RAW_SSE)
     async def chat_conversation(request: ConversationInput, caller: Caller) -> Stream:
         """The tutorial's section 3: a conversation, raw `data:` text, then `event: done` / `data: Completed`."""
-        return await serving.stream("conversation", request, serving.options(), caller, raw=True)
+        return await serving.stream("/chat-conversation", "conversation", request, serving.options(), caller,
+                                    raw=True)
 
     @router.post("/chat-buffered", responses=RAW_SSE)
     async def chat_buffered(message: Annotated[UserText, Query()],
                             caller: Caller, buffer_size: Annotated[int, Query(ge=1, le=1000)] = 3) -> Stream:
         """The tutorial's section 5.1: `buffer_size` tokens per `data:` event (flushed after `flush_ms` anyway)."""
-        return await serving.stream("single-turn", message, serving.options(buffer_size=buffer_size), caller,
-                                    raw=True)
+        return await serving.stream("/chat-buffered", "single-turn", message,
+                                    serving.options(buffer_size=buffer_size), caller, raw=True)
 
     @router.post("/chat-timeout", responses=RAW_SSE)
     async def chat_timeout(message: Annotated[UserText, Query()],
                            caller: Caller, timeout: Annotated[float, Query(gt=0, le=3600)] = 30) -> Stream:
         """The tutorial's section 5.2: `event: error` / `data: Timeout after <timeout>s` when time runs out."""
-        return await serving.stream("single-turn", message, serving.options(timeout=timeout), caller, raw=True)
+        return await serving.stream("/chat-timeout", "single-turn", message, serving.options(timeout=timeout),
+                                    caller, raw=True)
 
     return router
 

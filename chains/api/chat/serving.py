@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from chains.api.chat.protocol import JSON_EVENTS, RAW_TEXT, ChatDefaults, StreamParams
 from chains.api.runs.protocol import RunCaller
 from chains.api.runs.serving import RunServing
-from chains.api.streaming import StreamOptions, TokenStreamResponse
+from chains.api.streaming import StreamLabels, StreamOptions, TokenStreamResponse
 from chains.chat import ChatChain, ChatMessage, ConversationInput, SystemPromptInput
 from chains.settings import Settings
 
@@ -33,19 +33,19 @@ class ChatServing:
         given = params.model_dump(include=set(StreamParams.model_fields), exclude_none=True) if params else {}
         return StreamOptions(**{**defaults, **given})
 
-    async def stream(self, chain: str, chain_input: Any, options: StreamOptions, caller: RunCaller,
+    async def stream(self, route: str, chain: str, chain_input: Any, options: StreamOptions, caller: RunCaller,
                      raw: bool = False) -> TokenStreamResponse | JSONResponse:
         return await self.runs.start(self.chains[chain], chain_input, options, RAW_TEXT if raw else JSON_EVENTS,
-                                     caller)
+                                     caller, StreamLabels(route, chain))
 
     async def chat(self, message: str | None, messages: list[ChatMessage] | None, system_prompt: str | None,
                    params: StreamParams, caller: RunCaller) -> TokenStreamResponse | JSONResponse:
         """`/chat`: one message under a system prompt, or a conversation. The request model has validated every
         field with the chain input's own types and limits: the chain gets an instance it does not validate again."""
         if messages is not None:
-            return await self.stream("conversation", ConversationInput.model_construct(
+            return await self.stream("/chat", "conversation", ConversationInput.model_construct(
                 messages=messages, system_prompt=system_prompt), self.options(params), caller)
-        return await self.stream("system-prompt", SystemPromptInput.model_construct(
+        return await self.stream("/chat", "system-prompt", SystemPromptInput.model_construct(
             message=message, system_prompt=system_prompt), self.options(params), caller)
 
     def defaults(self) -> ChatDefaults:

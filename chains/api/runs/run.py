@@ -17,6 +17,8 @@ from typing import Literal, Protocol
 
 OnDisconnect = Literal["cancel", "continue"] | float
 RunStatus = Literal["running", "completed", "cancelled", "failed"]
+# Why a run was cancelled: a cancel request, or its last listener left (the disconnect policy).
+CancelReason = Literal["cancelled", "disconnect"]
 
 # 16 random bytes, URL-safe base64: 22 characters, 128 bits.
 _RUN_ID = r"[A-Za-z0-9_-]{22}"
@@ -43,7 +45,7 @@ def parse_event_id(value: str) -> tuple[str, int]:
 class Stoppable(Protocol):
     """What a run needs of its generation: a way to stop it early."""
 
-    def cancel(self) -> bool: ...
+    def cancel(self, reason: CancelReason = "cancelled") -> bool: ...
 
 
 class Run:
@@ -126,10 +128,10 @@ class Run:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def cancel(self) -> bool:
+    def cancel(self, reason: CancelReason = "cancelled") -> bool:
         """Stop the generation; its terminal event (status cancelled) reaches every listener. False if the run has
         ended already or does not generate in this process."""
-        return not self.finished and self.generation is not None and self.generation.cancel()
+        return not self.finished and self.generation is not None and self.generation.cancel(reason)
 
     # -- the listeners' side -------------------------------------------------------------------------------
 
@@ -157,14 +159,14 @@ class Run:
             return
         policy = self.on_disconnect
         if policy == "cancel":
-            self.cancel()
+            self.cancel("disconnect")
         elif policy != "continue":
             self._grace = asyncio.get_running_loop().call_later(float(policy), self._grace_over)
 
     def _grace_over(self) -> None:
         self._grace = None
         if not self.listeners:
-            self.cancel()
+            self.cancel("disconnect")
 
     def check_position(self, seq: int) -> None:
         """A listener may resume after any event the run still keeps."""

@@ -22,7 +22,7 @@ from chains.api.runs.run import InvalidEventId, Listener, parse_event_id
 from chains.api.runs.store import (
     CancelOutcome, RunInfo, RunNotFound, RunOver, RunStore, RunStoreFull, RunStoreUnavailable,
 )
-from chains.api.streaming import StreamOptions, TokenStreamResponse, generate
+from chains.api.streaming import StreamLabels, StreamObserver, StreamOptions, TokenStreamResponse, generate
 from chains.chat import ChatChain
 
 
@@ -47,6 +47,7 @@ RUN_ERRORS = (RunNotFound, InvalidEventId, RunStoreFull, RunStoreUnavailable)
 class RunServing:
     store: RunStore
     heartbeat_seconds: float
+    observer: StreamObserver | None = None  # metrics, traces and logs (chains.observability), when installed
 
     @asynccontextmanager
     async def lifespan(self, app: object) -> AsyncIterator[None]:
@@ -55,7 +56,7 @@ class RunServing:
         await self.store.close()
 
     async def start(self, chain: ChatChain, chain_input: Any, options: StreamOptions, fmt: EventFormat,
-                    caller: RunCaller) -> Response:
+                    caller: RunCaller, labels: StreamLabels = StreamLabels()) -> Response:
         """A new run streamed to the caller, or the run its `Last-Event-ID` names, resumed."""
         if caller.last_event_id is not None:
             try:
@@ -68,7 +69,7 @@ class RunServing:
         except RUN_ERRORS as exc:
             return run_refusal(exc)
         listener = Listener(run)
-        generate(run, chain, chain_input, options, fmt)
+        generate(run, chain, chain_input, options, fmt, labels, self.observer)
         return TokenStreamResponse(listener, self.heartbeat_seconds, run.id)
 
     async def join(self, run_id: str, owner: str | None, last_event_id: str | None) -> Response:
