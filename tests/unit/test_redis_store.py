@@ -220,6 +220,7 @@ async def test_redis_lost_mid_run_local_listeners_go_on_and_it_recovers() -> Non
         # The run that spanned the outage and the one started during it are written again, whole.
         replay = await read_all(await b.listen(during.id, None, None))
         assert tokens_of(replay) == scripted_tokens(5)
+        assert await read_all(await b.listen(run.id, None, None)) == events
         fresh = await start(a, tokens=4)
         assert tokens_of(await read_all(await b.listen(fresh.id, None, None))) == scripted_tokens(4)
     finally:

@@ -33,7 +33,7 @@ from redis.retry import Retry as SyncRetry
 
 from chains.api.runs.run import InvalidEventId, OnDisconnect, Run, RunStatus, parse_event_id
 from chains.api.runs.store import (
-    CancelOutcome, MemoryRunStore, RunLimits, RunNotFound, RunOver, RunStoreFull, RunStoreUnavailable,
+    CancelOutcome, MemoryRunStore, RunInfo, RunLimits, RunNotFound, RunOver, RunStoreFull, RunStoreUnavailable,
 )
 from chains.settings import ConfigError
 
@@ -182,6 +182,7 @@ class RedisRunStore:
         self.healthy = True
         self.tasks: list[asyncio.Task[None]] = []
         self.closing = False
+        self.rewrite_all = False
         self.last_renewal = 0.0
 
     def _check_reachable(self, url: str) -> None:
@@ -208,19 +209,21 @@ class RedisRunStore:
                           asyncio.create_task(self._subscribe_forever(), name="run-store-subscriber")]
 
     def _unreachable(self, exc: BaseException) -> None:
+        self.rewrite_all = True  # Redis may come back empty (restarted, nothing persisted)
         if self.healthy:  # one line per outage, not one per token
             self.healthy = False
             log.warning("run store: Redis at %s unreachable (%s); runs generate and stream here, joins through "
                         "other replicas wait for it", self.url_shown, type(exc).__name__)
             self.wake.set()
 
-    def _resync(self) -> None:
-        """After an outage (Redis may have restarted empty): write every live run here again, whole."""
+    def _rewrite_all(self) -> None:
+        """After an outage (Redis may have restarted empty): every run here that is live or not yet written is
+        registered and written again, whole."""
+        self.rewrite_all = False
         for mirror in self.live.values():
-            mirror.registered = False
-            mirror.written = mirror.run.first_seq
             self.dirty[mirror.run.id] = mirror
-        self.wake.set()
+        for mirror in self.dirty.values():
+            mirror.registered = False
 
     async def _flush_forever(self) -> None:
         pause = 0.1
@@ -246,10 +249,11 @@ class RedisRunStore:
                 self.healthy = True
                 pause = 0.1
                 log.warning("run store: Redis at %s reachable again", self.url_shown)
-                self._resync()
 
     async def _flush(self) -> None:
         """One pipeline: every dirty run's new events, its registration or end, and the leases when due."""
+        if self.rewrite_all:
+            self._rewrite_all()
         dirty, self.dirty = self.dirty, {}
         now = time.time()
         renew = now - self.last_renewal >= LEASE_RENEWAL
@@ -262,11 +266,13 @@ class RedisRunStore:
         done: list[tuple[_Mirror, int, bool]] = []
         for mirror in dirty.values():
             run = mirror.run
-            if not mirror.registered:
+            events, first, key = run.events, run.first_seq, events_key(run.id)
+            if not mirror.registered:  # new to Redis, or to write again whole: from what the run keeps
                 pipe.eval(REGISTER, 2, LIVE_KEY, meta_key(run.id), now, 0, now + LIVE_LEASE, run.id,
                           run.owner or "", self.replica, lease_ms)
-            start, end = max(mirror.written, run.first_seq), run.next_seq
-            events, first, key = run.events, run.first_seq, events_key(run.id)
+                pipe.delete(key)
+                mirror.written = first
+            start, end = max(mirror.written, first), run.next_seq
             if start > mirror.written:
                 # The run dropped events before they were written (a fast generation, a long outage): what Redis
                 # keeps must have no hole, so it starts where the run does, and an older resume gets 400.
@@ -331,7 +337,8 @@ class RedisRunStore:
                 await pubsub.subscribe(self.channel)
                 self.subscribed.set()
                 if lost:  # Redis may have restarted without our runs
-                    self._resync()
+                    self.rewrite_all = True
+                    self.wake.set()
                     lost, pause = False, 0.1
                 while True:
                     message = await pubsub.get_message(timeout=None)
@@ -490,6 +497,20 @@ class RedisRunStore:
             f"the cancel was sent to the replica generating the run, which has not confirmed it within "
             f"{CANCEL_WAIT:g}s; the run's stream tells how it ends"))
 
+    async def info(self, run_id: str, owner: str | None) -> RunInfo:
+        if self._is_local(run_id):
+            return await self.local.info(run_id, owner)
+        meta = await self._meta(run_id, owner)
+        try:
+            last = await self.redis.xrevrange(events_key(run_id), count=1)
+        except REDIS_ERRORS as exc:
+            self._unreachable(exc)
+            raise RunStoreUnavailable(UNAVAILABLE) from None
+        ended = meta.get(b"ended")
+        return RunInfo(run_id=run_id, status=known_status(meta.get(b"status", b"").decode()),
+                       events=entry_seq(last[0][0]) + 1 if last else 0, listeners=None,
+                       created=float(meta.get(b"created", b"0")), ended=float(ended) if ended else None)
+
     def stats(self) -> dict[str, int]:
         return self.local.stats()
 
@@ -509,8 +530,12 @@ class RedisRunStore:
                 await client.aclose()
 
 
+def known_status(status: str) -> RunStatus:
+    return status if status in ("running", "completed", "cancelled", "failed") else "failed"  # type: ignore[return-value]
+
+
 def ended_already(run_id: str, status: str) -> CancelOutcome:
-    shown: RunStatus = status if status in ("completed", "cancelled", "failed") else "failed"  # type: ignore[assignment]
+    shown = known_status(status)
     return CancelOutcome(run_id=run_id, cancelled=False, status=shown,
                          detail=f"the run had already ended ({shown}); nothing to cancel")
 
