@@ -15,6 +15,7 @@ from chains.api.chat.serving import ChatServing
 from chains.api.errors import ERROR_RESPONSES, install_error_handlers
 from chains.api.langserve import mount_chains
 from chains.api.meta import meta_router
+from chains.api.metrics import metrics_router
 from chains.api.openai.router import openai_router
 from chains.api.openai.serving import OpenAIServing
 from chains.api.runs.router import runs_router
@@ -28,6 +29,8 @@ from chains.middleware import install as install_middleware
 from chains.middleware.auth import FailedAuth, KeyMatcher
 from chains.models import build_chat_model
 from chains.models.base import admission_queue
+from chains.observability.observer import observe
+from chains.observability.tracing import tracing_from_environment
 from chains.settings import ConfigError, Settings, load_settings
 
 
@@ -35,7 +38,10 @@ def create_app(settings: Settings) -> FastAPI:
     model = build_chat_model(settings)
     chains = build_chains(model, settings.system_prompt)
     admission = admission_queue(model)  # the local model's wait queue; None for the others
-    runs = RunServing(build_run_store(settings), settings.sse_heartbeat_seconds)
+    tracing = tracing_from_environment()  # off unless OTEL_* turns it on
+    observer = observe(settings.provider, settings.model_name, settings.temperature, settings.max_tokens,
+                       settings.log_format == "json", tracing, model)
+    runs = RunServing(build_run_store(settings), settings.sse_heartbeat_seconds, observer)
     limits.configure(max_input_chars=settings.max_input_chars, max_messages=settings.max_messages)
     http_protocol.configure(max_header_bytes=settings.max_header_bytes, header_timeout=settings.header_timeout,
                             body_timeout=settings.body_timeout, min_body_rate=settings.min_body_rate,
@@ -45,7 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="Token streaming", version="0.1.0", responses=ERROR_RESPONSES, lifespan=runs.lifespan,
                   description="LangChain chat chains streamed over HTTP: LangServe routes and typewriter front ends.")
-    install_middleware(app, settings, admission, keys)
+    install_middleware(app, settings, admission, keys, tracing)
     install_error_handlers(app)
     mount_chains(app, chains)
     app.include_router(chat_router(ChatServing(chains, settings, runs)))
@@ -54,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
     if keys is not None:
         app.include_router(sign_in_router(*keys))
     app.include_router(meta_router(settings, admission, runs.store))
+    app.include_router(metrics_router())
     mount_playgrounds(app)
     return app
 

@@ -160,6 +160,11 @@ class Settings(BaseSettings):
                                                          "port means any port (or none), elsewhere any text but "
                                                          "`/`")
 
+    # Observability (README, Operating it). Tracing is configured by the standard OTEL_* variables instead.
+    log_format: Literal["text", "json"] = Field("text", description="the one log line per stream end "
+                                                "(`chains.streams`): `text` (key=value) or `json` (one object a "
+                                                "line)")
+
     @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

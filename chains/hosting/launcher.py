@@ -8,7 +8,10 @@ raw UTF-8 request lines (the tutorial's curl commands).
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 
 import uvicorn
 
@@ -29,9 +32,20 @@ def command(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, quiet: 
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, quiet: bool = False) -> None:
-    uvicorn.run(APP, host=host, port=port, workers=workers, http=PROTOCOL,
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-                log_level="warning" if quiet else "info", access_log=not quiet)
+    # Prometheus' multiprocess mode: each worker writes its metrics to files in this directory and /metrics adds
+    # them up, so any worker's scrape shows the whole server. A fresh directory per start (old files would count
+    # again), removed at the end; set before any worker imports prometheus_client. One given by the operator is
+    # used as it is.
+    metrics_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chains-metrics-")
+    try:
+        uvicorn.run(APP, host=host, port=port, workers=workers, http=PROTOCOL,
+                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+                    log_level="warning" if quiet else "info", access_log=not quiet)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

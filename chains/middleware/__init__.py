@@ -2,7 +2,7 @@
 streams). `install` puts them in their one order; each `add_middleware` wraps the ones before it, so the last
 added is the outermost:
 
-    CORS → AnswerFailures → ApiKeyAuth → RequestLimits → PathLimits → LangServeBodies → StreamsPerClient
+    ObserveRequests → CORS → AnswerFailures → ApiKeyAuth → RequestLimits → PathLimits → LangServeBodies → StreamsPerClient
          → ModelAdmission → CancelWhenClientLeaves → the routes
 """
 
@@ -17,14 +17,16 @@ from chains.middleware.auth import ApiKeyAuth, FailedAuth, KeyMatcher
 from chains.middleware.body_limits import RequestLimits
 from chains.middleware.cancel_when_client_leaves import CancelWhenClientLeaves
 from chains.middleware.langserve_bodies import LangServeBodies
+from chains.middleware.observe import ObserveRequests
 from chains.middleware.path_limits import PathLimits
 from chains.middleware.streams_per_client import StreamsPerClient
 from chains.models.base import AdmissionQueue
+from chains.observability.tracing import Tracing
 from chains.settings import Settings
 
 
 def install(app: FastAPI, settings: Settings, admission: AdmissionQueue | None,
-            keys: tuple[KeyMatcher, FailedAuth] | None) -> None:
+            keys: tuple[KeyMatcher, FailedAuth] | None, tracing: Tracing | None = None) -> None:
     app.add_middleware(CancelWhenClientLeaves)
     if admission is not None:  # a model with a bounded wait queue (the local one)
         app.add_middleware(ModelAdmission, free_places=admission.free_places)
@@ -39,3 +41,4 @@ def install(app: FastAPI, settings: Settings, admission: AdmissionQueue | None,
     app.add_middleware(AnswerFailures)
     app.add_middleware(CORSMiddleware, allow_origin_regex=settings.cors_origin_regex, allow_methods=["*"],
                        allow_headers=["*"], allow_credentials=True)
+    app.add_middleware(ObserveRequests, tracing=tracing)  # outermost: every refusal is counted

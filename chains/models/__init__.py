@@ -15,6 +15,8 @@ def build_chat_model(settings: Settings) -> BaseChatModel:
         case "openai":
             from langchain_openai import ChatOpenAI
 
+            from chains.observability.upstream import observed_async_client
+
             return ChatOpenAI(
                 model=settings.openai_model,
                 api_key=settings.openai_api_key,
@@ -24,6 +26,7 @@ def build_chat_model(settings: Settings) -> BaseChatModel:
                 timeout=settings.openai_timeout,
                 max_retries=settings.openai_max_retries,
                 streaming=True,
+                http_async_client=observed_async_client(settings.openai_model),  # traceparent, retries, failures
             )
         case "local":
             from chains.models.llama_probe import ensure_generation_works

@@ -12,10 +12,11 @@ import asyncio
 import codecs
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.messages import BaseMessage
@@ -39,6 +40,16 @@ class _Done:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
         self.finish_reason = finish_reason
+
+
+class QueueObserver(Protocol):
+    """Told of each generation's way through the decode queue (the metrics, chains.observability)."""
+
+    def queued(self) -> None: ...
+
+    def decode_started(self, waited: float) -> None: ...
+
+    def decode_ended(self) -> None: ...
 
 
 class LlamaCppChatModel(StreamedChatModel):
@@ -67,6 +78,7 @@ class LlamaCppChatModel(StreamedChatModel):
     _executor: ThreadPoolExecutor = PrivateAttr()
     _pending: int = PrivateAttr(default=0)
     _pending_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _queue_observer: QueueObserver | None = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any, /) -> None:
         self._llama = Llama(
@@ -110,10 +122,13 @@ class LlamaCppChatModel(StreamedChatModel):
         """Generations that would be accepted now: one running and `queue_size` waiting fill it."""
         return self.queue_size + 1 - self._pending
 
+    def observe_queue(self, observer: QueueObserver) -> None:
+        self._queue_observer = observer
+
     # -- the decode thread -------------------------------------------------------------------------------
 
     def _decode(self, messages: list[dict[str, str]], params: dict[str, Any], stop_flag: threading.Event,
-                emit: Callable[[object], None]) -> None:
+                emit: Callable[[object], None], submitted: float = 0.0) -> None:
         """Runs on the decode thread: emits text as it becomes whole characters, then a `_Done`, or the exception.
 
         Our own loop over `Llama.generate` rather than `create_completion`: it counts the tokens themselves (llama.cpp
@@ -121,6 +136,9 @@ class LlamaCppChatModel(StreamedChatModel):
         bytes once (create_completion re-detokenizes the whole reply per token), and stops between tokens.
         """
         terminal: object = None  # the _Done or the exception, sent once the model is free again
+        observer = self._queue_observer
+        if observer is not None:
+            observer.decode_started(time.perf_counter() - submitted)
         try:
             if stop_flag.is_set():  # abandoned while it waited in the queue
                 return
@@ -169,6 +187,8 @@ class LlamaCppChatModel(StreamedChatModel):
             # Released before the consumer hears of the end, so that whoever it tells finds the model free.
             with self._pending_lock:
                 self._pending -= 1
+            if observer is not None:
+                observer.decode_ended()
             if terminal is not None:
                 emit(terminal)
 
@@ -181,6 +201,8 @@ class LlamaCppChatModel(StreamedChatModel):
             if self._pending > self.queue_size:
                 raise ModelOverloadedError(self._pending - 1)
             self._pending += 1
+        if self._queue_observer is not None:
+            self._queue_observer.queued()
         params = {
             "temperature": kwargs.get("temperature", self.temperature),
             "max_tokens": kwargs.get("max_tokens", self.max_tokens),
@@ -190,7 +212,7 @@ class LlamaCppChatModel(StreamedChatModel):
             "meter": usage_meter.get() or UsageMeter(),
         }
         prompt = [{"role": _ROLES.get(m.type, "user"), "content": m.text} for m in messages]
-        return self._executor.submit(self._decode, prompt, params, stop_flag, emit)
+        return self._executor.submit(self._decode, prompt, params, stop_flag, emit, time.perf_counter())
 
     # -- LangChain interface ------------------------------------------------------------------------------
 

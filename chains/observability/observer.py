@@ -1,0 +1,175 @@
+"""The streaming core's observer: each generation's metrics, its span and its one log line, at its start, first
+token and end (chains.api.streaming.StreamObserver; nothing per token).
+
+The core's labels and record are read by attribute, not imported: this package sits below the HTTP layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from chains.observability import metrics
+from chains.observability.tracing import Tracing
+
+# The client's address, set by the request's middleware (chains.middleware.observe) for the log line.
+client_address: ContextVar[str] = ContextVar("client_address", default="")
+
+stream_log = logging.getLogger("chains.streams")
+
+
+class Labels(Protocol):
+    route: str
+    chain: str
+
+
+class Record(Protocol):
+    run_id: str
+    labels: Labels
+    ending: str
+    finish_reason: str | None
+    seconds: float
+    time_to_first_token: float | None
+    time_per_output_token: float | None
+    longest_gap: float | None
+    token_events: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+class _Stream:
+    """The handle of one generation: its metric label values, its span, its client."""
+
+    __slots__ = ("values", "span", "client")
+
+    def __init__(self, values: tuple[str, str, str, str], span: Span | None, client: str) -> None:
+        self.values = values
+        self.span = span
+        self.client = client
+
+
+@dataclass
+class StreamsObserved:
+    provider: str
+    model: str
+    temperature: float
+    max_tokens: int
+    tracing: Tracing | None = None
+    json_log: bool = False
+
+    def stream_started(self, labels: Labels) -> _Stream:
+        values = (labels.route, labels.chain, self.provider, self.model)
+        metrics.streams_open.labels(*values).inc()
+        span = None
+        if self.tracing is not None:
+            # A child of the request's span: the current context is the request's (chains.middleware.observe).
+            span = self.tracing.tracer.start_span(f"chat {self.model}", kind=SpanKind.INTERNAL, attributes={
+                "gen_ai.operation.name": "chat", "gen_ai.provider.name": self.provider,
+                "gen_ai.request.model": self.model, "gen_ai.request.max_tokens": self.max_tokens,
+                "gen_ai.request.temperature": self.temperature, "chains.route": labels.route,
+                "chains.chain": labels.chain})
+        return _Stream(values, span, client_address.get())
+
+    def first_token(self, handle: object) -> None:
+        span = handle.span  # type: ignore[attr-defined]
+        if span is not None:
+            span.add_event("gen_ai.first_token")
+
+    def stream_ended(self, handle: object, record: Record) -> None:
+        stream: _Stream = handle  # type: ignore[assignment]
+        values = stream.values
+        metrics.streams_open.labels(*values).dec()
+        metrics.stream_endings.labels(*values, record.ending).inc()
+        metrics.operation_duration.labels(*values).observe(record.seconds)
+        if record.time_to_first_token is not None:
+            metrics.time_to_first_token.labels(*values).observe(record.time_to_first_token)
+        if record.time_per_output_token is not None:
+            metrics.time_per_output_token.labels(*values).observe(record.time_per_output_token)
+        if record.longest_gap is not None:
+            metrics.longest_gap.labels(*values).observe(record.longest_gap)
+        if record.prompt_tokens is not None:
+            metrics.token_usage.labels(*values, "input").observe(record.prompt_tokens)
+        if record.completion_tokens is not None:
+            metrics.token_usage.labels(*values, "output").observe(record.completion_tokens)
+        if stream.span is not None:
+            self._end_span(stream.span, record)
+        stream_log.info(self.log_line(record, stream.client))
+
+    def _end_span(self, span: Span, record: Record) -> None:
+        attributes: dict[str, Any] = {"gen_ai.response.finish_reasons": [record.finish_reason or record.ending],
+                                      "chains.ending": record.ending, "chains.token_events": record.token_events}
+        if record.prompt_tokens is not None:
+            attributes["gen_ai.usage.input_tokens"] = record.prompt_tokens
+        if record.completion_tokens is not None:
+            attributes["gen_ai.usage.output_tokens"] = record.completion_tokens
+        if record.time_to_first_token is not None:
+            attributes["gen_ai.server.time_to_first_token"] = record.time_to_first_token
+        if record.ending not in ("done", "cancelled", "disconnect"):
+            attributes["error.type"] = record.ending
+            span.set_status(Status(StatusCode.ERROR))
+        span.set_attributes(attributes)
+        span.end()
+
+    def log_line(self, record: Record, client: str) -> str:
+        """One line per stream: what ended, how, how fast. Never the messages, never a key."""
+        fields = {"event": "stream_end", "run_id": record.run_id, "route": record.labels.route,
+                  "chain": record.labels.chain, "provider": self.provider, "model": self.model,
+                  "ending": record.ending, "finish_reason": record.finish_reason,
+                  "ttft_s": _rounded(record.time_to_first_token), "tokens": record.token_events,
+                  "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
+                  "duration_s": _rounded(record.seconds), "client": client}
+        if self.json_log:
+            return orjson.dumps(fields).decode()
+        return "stream end " + " ".join(f"{key}={'-' if value is None else value}"
+                                        for key, value in fields.items() if key != "event")
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 6)
+
+
+class LocalQueueObserved:
+    """The local model's queue (chains.models.local's hook): submitted → decoding → done, per model."""
+
+    def __init__(self, model: str) -> None:
+        self.wait = metrics.local_queue_wait.labels(model)
+        self.depth = metrics.local_queue_depth.labels(model)
+        self.running = metrics.local_running.labels(model)
+
+    def queued(self) -> None:
+        self.depth.inc()
+
+    def decode_started(self, waited: float) -> None:
+        self.depth.dec()
+        self.running.inc()
+        self.wait.observe(waited)
+
+    def decode_ended(self) -> None:
+        self.running.dec()
+
+
+def configure_stream_log(json_lines: bool) -> None:
+    """The stream log's own handler (uvicorn configures only its own loggers): one line a stream, on stderr."""
+    if stream_log.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s" if json_lines else "%(asctime)s %(levelname)s %(message)s"))
+    stream_log.addHandler(handler)
+    stream_log.setLevel(logging.INFO)
+    stream_log.propagate = False
+
+
+def observe(provider: str, model: str, temperature: float, max_tokens: int, json_log: bool,
+            tracing: Tracing | None, chat_model: object = None) -> StreamsObserved:
+    """The observer for the streaming core; the local model's queue reports to the metrics too."""
+    configure_stream_log(json_log)
+    observe_queue = getattr(chat_model, "observe_queue", None)
+    if observe_queue is not None:
+        observe_queue(LocalQueueObserved(model))
+    return StreamsObserved(provider, model, temperature, max_tokens, tracing, json_log)
