@@ -40,5 +40,6 @@ def install(app: FastAPI, settings: Settings, admission: AdmissionQueue | None,
         app.add_middleware(ApiKeyAuth, matcher=matcher, failures=failures)
     app.add_middleware(AnswerFailures)
     app.add_middleware(CORSMiddleware, allow_origin_regex=settings.cors_origin_regex, allow_methods=["*"],
-                       allow_headers=["*"], allow_credentials=True)
+                       allow_headers=["*"], allow_credentials=True,
+                       expose_headers=["X-Run-Id"])  # a page on an allowed origin can resume or cancel its run
     app.add_middleware(ObserveRequests, tracing=tracing)  # outermost: every refusal is counted
