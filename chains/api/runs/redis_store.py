@@ -55,6 +55,9 @@ CANCEL_WAIT = 2.0  # how long a cancel through another replica waits for the run
 CANCEL_POLL = 0.02
 CANCEL_REPUBLISH = 0.5
 RETRY_MAX = 2.0  # longest pause between attempts to reach Redis again
+FLUSH_EVENTS = 5000  # events written by one pipeline at most
+COMMAND_CONNECTIONS = 32  # per process: creates, joins, cancels and the flusher's pipelines
+FOLLOWER_CONNECTIONS = 1024  # per process: listeners following runs that generate elsewhere
 
 REDIS_ERRORS = (redis.RedisError, OSError)
 UNAVAILABLE = "the run store (Redis) cannot be reached; try again shortly"
@@ -119,10 +122,14 @@ def without_secrets(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
 
-def no_retries() -> Retry:
-    # redis-py retries a failed connection 10 times with backoff by default: a lost Redis would stall every
-    # request for seconds. We fail at once and decide ourselves (503, or keep generating locally).
-    return Retry(NoBackoff(), 0)
+def client(url: str, connections: int, socket_timeout: float | None) -> aredis.Redis:
+    """A client whose pool waits (up to COMMAND_TIMEOUT) for a free connection rather than failing when many
+    requests arrive at once. No retries: redis-py retries a failed connection 10 times with backoff by default,
+    so a lost Redis would stall every request for seconds; we fail at once and decide (503, or generate here)."""
+    pool = aredis.BlockingConnectionPool.from_url(
+        url, max_connections=connections, timeout=COMMAND_TIMEOUT, socket_timeout=socket_timeout,
+        socket_connect_timeout=COMMAND_TIMEOUT, socket_keepalive=True, retry=Retry(NoBackoff(), 0))
+    return aredis.Redis(connection_pool=pool)
 
 
 class _Mirror:
@@ -169,12 +176,11 @@ class RedisRunStore:
         self.local = MemoryRunStore(limits)  # the runs generating (and finished) in this process
         self.replica = secrets.token_hex(8)
         self.channel = CHANNEL + self.replica
-        common = {"retry": no_retries(), "socket_connect_timeout": COMMAND_TIMEOUT}
-        self.redis = aredis.Redis.from_url(url, socket_timeout=COMMAND_TIMEOUT, **common)
-        # Followers block in XREAD for FOLLOW_BLOCK_MS; the subscription waits for messages indefinitely.
-        self.followers = aredis.Redis.from_url(url, socket_timeout=FOLLOW_BLOCK_MS / 1000 + COMMAND_TIMEOUT,
-                                               **common)
-        self.subscriber = aredis.Redis.from_url(url, socket_timeout=None, socket_keepalive=True, **common)
+        self.redis = client(url, COMMAND_CONNECTIONS, COMMAND_TIMEOUT)
+        # Each follower holds a connection while it blocks in XREAD; the subscription waits for messages as long
+        # as it takes.
+        self.followers = client(url, FOLLOWER_CONNECTIONS, FOLLOW_BLOCK_MS / 1000 + COMMAND_TIMEOUT)
+        self.subscriber = client(url, 2, None)
         self.dirty: dict[str, _Mirror] = {}
         self.live: dict[str, _Mirror] = {}  # this process's live runs: their leases are renewed
         self.wake = asyncio.Event()
@@ -264,22 +270,29 @@ class RedisRunStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.ping()  # a probe when nothing else is sent (Redis coming back)
         done: list[tuple[_Mirror, int, bool]] = []
+        budget = FLUSH_EVENTS
         for mirror in dirty.values():
             run = mirror.run
+            if budget <= 0:  # the rest next time: one pipeline stays well within the socket timeout
+                self.dirty.setdefault(run.id, mirror)
+                self.wake.set()
+                continue
             events, first, key = run.events, run.first_seq, events_key(run.id)
             if not mirror.registered:  # new to Redis, or to write again whole: from what the run keeps
                 pipe.eval(REGISTER, 2, LIVE_KEY, meta_key(run.id), now, 0, now + LIVE_LEASE, run.id,
                           run.owner or "", self.replica, lease_ms)
                 pipe.delete(key)
                 mirror.written = first
-            start, end = max(mirror.written, first), run.next_seq
+            start = max(mirror.written, first)
+            end = min(run.next_seq, start + budget)
+            budget -= end - start + 1
             if start > mirror.written:
                 # The run dropped events before they were written (a fast generation, a long outage): what Redis
                 # keeps must have no hole, so it starts where the run does, and an older resume gets 400.
                 pipe.xtrim(key, minid=entry_id(start), approximate=False)
             for seq in range(start, end):
                 fields: dict[bytes, bytes] = {b"d": events[seq - first]}
-                if run.finished and seq == end - 1:
+                if run.finished and seq == run.next_seq - 1:
                     fields[b"end"] = run.status.encode()
                 pipe.xadd(key, fields, id=entry_id(seq), maxlen=limits.max_events, approximate=False)
             ends = run.finished and end == run.next_seq
@@ -290,6 +303,9 @@ class RedisRunStore:
                           mirror.cancelled_by, RUN_KEY)
             elif end > start:
                 pipe.pexpire(key, lease_ms)
+            if end < run.next_seq:
+                self.dirty.setdefault(run.id, mirror)
+                self.wake.set()
             done.append((mirror, mirror.written, ends))
             mirror.written = end
         if renew:
@@ -407,8 +423,7 @@ class RedisRunStore:
     async def _meta(self, run_id: str, owner: str | None) -> dict[bytes, bytes]:
         try:
             meta: dict[bytes, bytes] = await self.redis.hgetall(meta_key(run_id))
-        except REDIS_ERRORS as exc:
-            self._unreachable(exc)
+        except REDIS_ERRORS:
             raise RunStoreUnavailable(UNAVAILABLE) from None
         if not meta or meta.get(b"owner", b"").decode() != (owner or ""):
             raise RunNotFound(run_id)
@@ -431,8 +446,7 @@ class RedisRunStore:
             last_seq, ended = (entry_seq(last[0][0]), b"end" in last[0][1]) if last else (-1, False)
             if after > last_seq and meta.get(b"status") == b"running":
                 last_seq, ended = await self._catch_up(key, after, last_seq)
-        except REDIS_ERRORS as exc:
-            self._unreachable(exc)
+        except REDIS_ERRORS:
             raise RunStoreUnavailable(UNAVAILABLE) from None
         if after > last_seq:
             raise InvalidEventId(f"Last-Event-ID {run_id}:{after} is beyond the run's events (the last is "
@@ -490,8 +504,7 @@ class RedisRunStore:
                         return CancelOutcome(run_id=run_id, cancelled=True, status="cancelled",
                                              detail="the run was cancelled")
                     return ended_already(run_id, status_now.decode())
-        except REDIS_ERRORS as exc:
-            self._unreachable(exc)
+        except REDIS_ERRORS:
             raise RunStoreUnavailable(UNAVAILABLE) from None
         return CancelOutcome(run_id=run_id, cancelled=False, status="cancelling", detail=(
             f"the cancel was sent to the replica generating the run, which has not confirmed it within "
@@ -503,8 +516,7 @@ class RedisRunStore:
         meta = await self._meta(run_id, owner)
         try:
             last = await self.redis.xrevrange(events_key(run_id), count=1)
-        except REDIS_ERRORS as exc:
-            self._unreachable(exc)
+        except REDIS_ERRORS:
             raise RunStoreUnavailable(UNAVAILABLE) from None
         ended = meta.get(b"ended")
         return RunInfo(run_id=run_id, status=known_status(meta.get(b"status", b"").decode()),
@@ -567,8 +579,8 @@ class RemoteFollower:
                     if status != b"running":
                         break
                     continue
-            except REDIS_ERRORS as exc:
-                self.store._unreachable(exc)
+            except REDIS_ERRORS as exc:  # Redis lost, or no connection free: the client reconnects and resumes
+                log.info("run store: a follower of run %s stopped: %s", self.run_id, type(exc).__name__)
                 break
             entries = reply[0][1]
             self.position = entries[-1][0]
