@@ -202,7 +202,7 @@ class RedisRunStore:
                 client.close()
         except (*REDIS_ERRORS, ValueError) as exc:
             password = urlsplit(url).password if "://" in url else None
-            reason = str(exc) or type(exc).__name__
+            reason = " ".join(str(exc).split()) or type(exc).__name__  # one line
             if password:
                 reason = reason.replace(password, "***")
             raise ConfigError(f"RUN_STORE_URL: cannot reach Redis at {self.url_shown}: {reason}") from None
@@ -247,8 +247,9 @@ class RedisRunStore:
             except REDIS_ERRORS as exc:
                 self._unreachable(exc)
                 continue
-            except Exception:  # noqa: BLE001 - the flusher must outlive any surprise; the generation never waits
-                log.exception("run store: writing runs to Redis failed")
+            except Exception as exc:  # noqa: BLE001 - the flusher outlives any surprise; generations never wait
+                log.error("run store: writing runs to Redis failed (%s: %s)", type(exc).__name__,
+                          " ".join(str(exc).split())[:200])
                 await asyncio.sleep(RETRY_MAX)
                 continue
             if not self.healthy:
@@ -394,7 +395,8 @@ class RedisRunStore:
         run = self.local.create_now(owner, on_disconnect)
         registered = False
         if self.healthy:
-            if not self.subscribed.is_set():  # the first run: be ready for its cancel before anyone knows its id
+            if self.local.started == 1 and not self.subscribed.is_set():
+                # The first run here: be subscribed for its cancel before anyone knows its id.
                 with suppress(TimeoutError):
                     async with asyncio.timeout(COMMAND_TIMEOUT):
                         await self.subscribed.wait()
@@ -580,7 +582,7 @@ class RemoteFollower:
                         break
                     continue
             except REDIS_ERRORS as exc:  # Redis lost, or no connection free: the client reconnects and resumes
-                log.info("run store: a follower of run %s stopped: %s", self.run_id, type(exc).__name__)
+                log.info("run store: a listener following a run through Redis stopped (%s)", type(exc).__name__)
                 break
             entries = reply[0][1]
             self.position = entries[-1][0]
