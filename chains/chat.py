@@ -200,7 +200,12 @@ class ChatChain(Runnable[Any, str]):
             return
         async with aclosing(self.model._astream(messages, **self.model_params)) as generations:
             async for generation in generations:
-                yield generation.message  # type: ignore[misc]
+                message = generation.message
+                if generation.generation_info:
+                    # ChatOpenAI reports its finish reason there; LangChain's own astream merges it into the
+                    # message's metadata, and so does this shortcut past it (only the last chunks carry any).
+                    message.response_metadata = {**generation.generation_info, **message.response_metadata}
+                yield message  # type: ignore[misc]
 
 
 def _observed(config: RunnableConfig | None) -> bool:
