@@ -51,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="Token streaming", version="0.1.0", responses=ERROR_RESPONSES, lifespan=runs.lifespan,
                   description="LangChain chat chains streamed over HTTP: LangServe routes and typewriter front ends.")
+    app.state.tracing = tracing  # its spans, for a test, with OTEL_TRACES_EXPORTER=memory
     install_middleware(app, settings, admission, keys, tracing)
     install_error_handlers(app)
     mount_chains(app, chains)

@@ -45,7 +45,8 @@ async def completions(request: Request) -> Response:
     body = await request.json()
     fault = script.pop(0) if script else "ok"
     entry: dict[str, Any] = {"fault": fault, "started": time.time(), "closed": None, "tokens": 0,
-                             "stream": bool(body.get("stream"))}
+                             "stream": bool(body.get("stream")),
+                             "traceparent": request.headers.get("traceparent")}  # the caller's trace, if any
     log.append(entry)
     fast = {"retry-after-ms": "10"}  # the OpenAI client honours it: retries stay quick in tests
     match fault:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry import context as otel_context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
 
 from chains.observability import metrics
 from chains.observability.tracing import Tracing
@@ -74,6 +75,10 @@ class StreamsObserved:
                 "gen_ai.request.model": self.model, "gen_ai.request.max_tokens": self.max_tokens,
                 "gen_ai.request.temperature": self.temperature, "chains.route": labels.route,
                 "chains.chain": labels.chain})
+            # Made current: the generation's task, created right after this call, copies the context, so the
+            # upstream call is the span's child (its traceparent). The request's middleware restores the context
+            # when the request ends.
+            otel_context.attach(set_span_in_context(span))
         return _Stream(values, span, client_address.get())
 
     def first_token(self, handle: object) -> None:
