@@ -162,7 +162,7 @@ class Settings(BaseSettings):
 
     # Observability (README, Operating it). Tracing is configured by the standard OTEL_* variables instead.
     log_format: Literal["text", "json"] = Field("text", description="the one log line per stream end "
-                                                "(`chains.streams`): `text` (key=value) or `json` (one object a "
+                                                "(logger `chains.observability.observer`): `text` (key=value) or `json` (one object a "
                                                 "line)")
 
     @field_validator("cors_origins", "api_keys", mode="before")

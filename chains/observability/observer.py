@@ -22,7 +22,7 @@ from chains.observability.tracing import Tracing
 # The client's address, set by the request's middleware (chains.middleware.observe) for the log line.
 client_address: ContextVar[str] = ContextVar("client_address", default="")
 
-stream_log = logging.getLogger("chains.streams")
+stream_log = logging.getLogger(__name__)  # chains.observability.observer
 
 
 class Labels(Protocol):
