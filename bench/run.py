@@ -2,7 +2,8 @@
 
 B1 stack cost — events/s of a 5,000-token reply from a zero-delay model: a bare Starlette stream (ceiling), the
    tutorial's handler, LangServe `/stream`, our `/chat` with the in-memory run store, with runs kept by no store,
-   and with the Redis run store (a real redis-server on loopback).
+   and with the Redis run store (a real redis-server on loopback); our `/v1/chat/completions` streaming (OpenAI's
+   chunks, token chunks counted), next to `/chat`.
 Runs — resume latency (reconnect with Last-Event-ID → first replayed event, p50/p99), in memory and through another
    replica over Redis; memory per finished run kept for replay.
 B2 embedded model — tokens/s and time to first token: llama-cpp-python in-process vs `/chat` and
@@ -135,6 +136,8 @@ def events_per_second(port: int, method: str, path: str, body: Any, expected: in
     if result.error or result.status != 200:
         raise RuntimeError(f"{path}: {result.error or result.status}")
     tokens = result.token_events()
+    if path.startswith("/v1/"):  # OpenAI's chunks: only those with content (not the role, finish, [DONE])
+        tokens = [event for event in tokens if '"delta":{"content"' in event.data]
     if len(tokens) < expected:
         raise RuntimeError(f"{path}: {len(tokens)} of {expected} token events")
     return len(tokens) / (result.events[-1].at - result.started)
@@ -163,6 +166,8 @@ def b1(sizes: Sizes) -> dict[str, Any]:
             ("ours", "server:app", fake, "POST", "/chat", {"message": "hi"}),  # the in-memory run store
             ("ours_no_store", "bench.apps:ours_without_a_store", fake, "POST", "/chat", {"message": "hi"}),
             ("ours_redis", "server:app", {**fake, "RUN_STORE_URL": redis_url}, "POST", "/chat", {"message": "hi"}),
+            ("ours_v1", "server:app", fake, "POST", "/v1/chat/completions",
+             {"model": "system-prompt", "messages": [{"role": "user", "content": "hi"}], "stream": True}),
         ]
         rates: dict[str, list[float]] = {name: [] for name, *_ in contestants}
         for name, target, env, method, path, body in contestants:
@@ -176,6 +181,7 @@ def b1(sizes: Sizes) -> dict[str, Any]:
         "ours_vs_tutorial": summary([o / t for o, t in zip(rates["ours"], rates["tutorial"])]),
         "memory_store_vs_no_store": summary([o / b for o, b in zip(rates["ours"], rates["ours_no_store"])]),
         "redis_store_vs_no_store": summary([r / b for r, b in zip(rates["ours_redis"], rates["ours_no_store"])]),
+        "v1_vs_chat": summary([v / o for v, o in zip(rates["ours_v1"], rates["ours"])]),
     }
 
 
@@ -428,14 +434,16 @@ def report(results: dict[str, Any], sizes: Sizes) -> str:
     for name, label in (("ceiling", "bare Starlette, pre-encoded (ceiling)"), ("tutorial", "tutorial's handler"),
                         ("langserve", "LangServe `/stream`"), ("ours", "our `/chat` (in-memory run store)"),
                         ("ours_no_store", "our `/chat`, runs kept by no store"),
-                        ("ours_redis", "our `/chat`, Redis run store")):
+                        ("ours_redis", "our `/chat`, Redis run store"),
+                        ("ours_v1", "our `/v1/chat/completions`, streaming")):
         ratio = r1[name]["median"] / r1["ceiling"]["median"]
         lines.append(f"| {label} | {fmt(r1[name])} | {ratio:.2f}× |")
     runs_ = results["runs"]
     lines += ["", f"ours ÷ ceiling {fmt(r1['ours_vs_ceiling'], 2)} (goal ≥ 0.5) · ours ÷ LangServe "
               f"{fmt(r1['ours_vs_langserve'], 2)} (goal ≥ 2) · ours ÷ tutorial {fmt(r1['ours_vs_tutorial'], 2)}",
               f"in-memory store ÷ no store {fmt(r1['memory_store_vs_no_store'], 2)} (goal ≥ 0.9) · Redis store ÷ no "
-              f"store {fmt(r1['redis_store_vs_no_store'], 2)} (goal ≥ 0.5)", "",
+              f"store {fmt(r1['redis_store_vs_no_store'], 2)} (goal ≥ 0.5) · `/v1/chat/completions` ÷ `/chat` "
+              f"{fmt(r1['v1_vs_chat'], 2)} (goal ≥ 0.9)", "",
               f"**Runs** — resume (reconnect with `Last-Event-ID` → first replayed event), {sizes.resumes} resumes: "
               f"in-memory p50 {runs_['resume_memory']['p50_ms']:.1f} ms / p99 {runs_['resume_memory']['p99_ms']:.1f} ms"
               f"; Redis, through another replica, p50 {runs_['resume_redis_other_replica']['p50_ms']:.1f} ms / p99 "

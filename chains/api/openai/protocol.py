@@ -198,7 +198,7 @@ with `usage` and no choices), then `data: [DONE]`. A failure after the stream ha
 
 
 def completion_id() -> str:
-    return "chatcmpl-" + secrets.token_urlsafe(18)
+    return "chatcmpl-" + secrets.token_urlsafe(12)  # 96 bits: unique, and short (it is in every chunk)
 
 
 # --- the encodings ------------------------------------------------------------------------------------------------
@@ -228,9 +228,10 @@ class ChatCompletionChunks(_Outcome):
                              "model": model})[:-1]  # without its closing brace: each chunk continues it
         self._head = b"data: " + head
         usage = b',"usage":null' if include_usage else b""  # OpenAI's chunks say so when usage is asked for
-        # The hot path: one token is the prefix, the text as a JSON string, the suffix.
+        # The hot path: one token is the prefix, the text as a JSON string, the suffix. `logprobs` (optional, never
+        # given here) is left out of the token chunks: every byte of a chunk costs the client too.
         self._token_prefix = self._head + b',"choices":[{"index":0,"delta":{"content":'
-        self._token_suffix = b'},"logprobs":null,"finish_reason":null}]' + usage + b"}\n\n"
+        self._token_suffix = b'},"finish_reason":null}]' + usage + b"}\n\n"
         self._usage_null = usage
 
     def _chunk(self, choices: bytes, usage: bytes | None = None) -> bytes:
