@@ -14,6 +14,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, ensure_config
+from langchain_core.runnables.config import get_async_callback_manager_for_config, patch_config
 from langsmith.utils import tracing_is_enabled
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic.json_schema import SkipJsonSchema
@@ -134,7 +135,8 @@ class ChatChain(Runnable[Any, str]):
     chunk copies and accumulation in each of the sequence's three steps. When nobody listens (no callbacks, no
     tracing: `/chat`, `RemoteRunnable.astream` without events), `astream` and `astream_messages` take the
     model's own token generator instead, which yields the same tokens. With callbacks (LangServe's
-    `/stream_log`, `/stream_events`, its `/stream`, a tracer) everything runs through the sequence as usual.
+    `/stream_log`, `/stream_events`, its `/stream`, a tracer) everything runs through the sequence as usual, and
+    `astream_messages` reports one run for the chain with the model's run inside it.
     """
 
     def __init__(self, prompt: Callable[[Any], list[BaseMessage]], model: BaseChatModel, input_type: Any,
@@ -192,12 +194,12 @@ class ChatChain(Runnable[Any, str]):
     async def astream_messages(self, input: Any, config: RunnableConfig | None = None
                                ) -> AsyncIterator[AIMessageChunk]:
         """The model's chunks for this input: text, and on the last ones usage and finish reason."""
-        messages = self.prompt(input)
         if _observed(config):
-            async with aclosing(self.model.astream(messages, config, **self.model_params)) as observed:
+            async with aclosing(self._astream_observed(input, config)) as observed:
                 async for chunk in observed:
-                    yield chunk  # type: ignore[misc]
+                    yield chunk
             return
+        messages = self.prompt(input)
         async with aclosing(self.model._astream(messages, **self.model_params)) as generations:
             async for generation in generations:
                 message = generation.message
@@ -206,6 +208,30 @@ class ChatChain(Runnable[Any, str]):
                     # message's metadata, and so does this shortcut past it (only the last chunks carry any).
                     message.response_metadata = {**generation.generation_info, **message.response_metadata}
                 yield message  # type: ignore[misc]
+
+    async def _astream_observed(self, input: Any, config: RunnableConfig | None) -> AsyncIterator[AIMessageChunk]:
+        """`astream_messages` when something listens: a run for this chain (its name, the chain input in, the reply
+        text out) with the model's run as its child, through LangChain's callbacks (a tracer, LangServe's
+        callbacks). However the stream stops — done, failed, closed by its consumer, cancelled — the chain's run
+        ends: a stop is reported to the callbacks as the chain's error, the way the model reports its own."""
+        config = ensure_config(config)
+        manager = get_async_callback_manager_for_config(config)
+        run = await manager.on_chain_start(
+            None, input.model_dump() if isinstance(input, BaseModel) else input,
+            name=config.get("run_name") or self.name, run_id=config.pop("run_id", None))
+        texts: list[str] = []
+        try:
+            messages = self.prompt(input)
+            model_config = patch_config(config, callbacks=run.get_child())
+            async with aclosing(self.model.astream(messages, model_config, **self.model_params)) as chunks:
+                async for chunk in chunks:
+                    if chunk.content:
+                        texts.append(chunk.text)
+                    yield chunk  # type: ignore[misc]
+        except BaseException as exc:  # GeneratorExit (closed) and CancelledError included: the run still ends
+            await run.on_chain_error(exc)
+            raise
+        await run.on_chain_end("".join(texts))
 
 
 def _observed(config: RunnableConfig | None) -> bool:
