@@ -57,7 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
     mount_chains(app, chains)
     app.include_router(chat_router(ChatServing(chains, settings, runs)))
     app.include_router(runs_router(runs))
-    app.include_router(openai_router(OpenAIServing(chains, settings)))
+    app.include_router(openai_router(OpenAIServing(chains, settings, runs)))
     if keys is not None:
         app.include_router(sign_in_router(*keys))
     app.include_router(meta_router(settings, admission, runs.store))

@@ -18,6 +18,8 @@ from chains.api.errors import describe_failure, openai_param, refuse
 from chains.api.events import DoneEvent, ErrorEvent, StartEvent, Usage
 from chains.api.openai.protocol import ChatCompletionBody, ChatCompletionChunks, ChatCompletionRequest
 from chains.api.openai.serving import InvalidRequest, OpenAIServing, chain_input
+from chains.api.runs.serving import RunServing
+from chains.api.runs.store import MemoryRunStore, RunLimits
 from chains.chat import ConversationInput, SystemPromptInput, build_chains
 from chains.middleware.scope import runs_the_model
 from chains.models.fake import ScriptedChatModel, scripted_tokens
@@ -189,7 +191,7 @@ def test_the_chain_inputs_limits_apply() -> None:
 
 def test_sampling_is_passed_to_the_model_within_the_servers_cap() -> None:
     settings = load_settings(_env_file=None, chat_provider="fake", max_tokens=100)
-    serving = OpenAIServing(build_chains(ScriptedChatModel()), settings)
+    serving = OpenAIServing(build_chains(ScriptedChatModel()), settings, RunServing(MemoryRunStore(RunLimits()), 15))
     plain = serving.chain_for(request())
     assert plain is serving.chains["conversation"] and plain.model_params == {}
     tuned = serving.chain_for(request(max_tokens=5000, temperature=0.3, stop="x", seed=4))
@@ -255,6 +257,21 @@ async def test_a_failure_before_the_first_token_is_an_http_error_and_after_it_an
         lines = data_of(streamed.content)
         assert [json.loads(line)["choices"][0]["delta"].get("content") for line in lines[1:4]] == scripted_tokens(3)
         assert json.loads(lines[4])["error"]["code"] == "internal_error" and lines[5] == "[DONE]"
+
+
+async def test_a_v1_reply_is_a_run_and_its_id_is_in_the_header() -> None:
+    async with client_of(fake_reply_tokens=4) as client:
+        for stream in (False, True):
+            answer = await client.post("/v1/chat/completions", json={**BODY, "stream": stream})
+            assert answer.status_code == 200
+            run_id = answer.headers["x-run-id"]
+            state = (await client.get(f"/chat/runs/{run_id}")).json()
+            assert state["run_id"] == run_id and state["status"] == "completed"
+            replay = await client.get(f"/chat/runs/{run_id}/stream")  # the same bytes, kept as sent
+            if stream:
+                assert replay.content == answer.content
+            else:
+                assert replay.content.endswith(answer.content)
 
 
 async def test_an_empty_reply_is_still_a_whole_stream() -> None:

@@ -7,15 +7,16 @@ raise as `RateLimitError`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from chains.api.openai.protocol import (
     CHUNK_SSE_DOC, OPENAI_ERROR_RESPONSES, ChatCompletion, ChatCompletionRequest, ModelCard, ModelList,
 )
 from chains.api.openai.serving import OpenAIServing
+from chains.api.runs.protocol import run_owner
 
 _COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {
     **OPENAI_ERROR_RESPONSES,
@@ -40,8 +41,10 @@ def openai_router(serving: OpenAIServing) -> APIRouter:
 
     @router.post("/chat/completions", responses=_COMPLETION_RESPONSES, response_model=ChatCompletion,
                  description=CHUNK_SSE_DOC, response_class=Response)
-    async def create_chat_completion(request: ChatCompletionRequest) -> Response:
-        """A reply from the chain the `model` names: a `chat.completion`, or a stream of chunks."""
-        return await serving.create(request)
+    async def create_chat_completion(request: ChatCompletionRequest,
+                                     owner: Annotated[str | None, Depends(run_owner)]) -> Response:
+        """A reply from the chain the `model` names: a `chat.completion`, or a stream of chunks. Either is a run:
+        its id is the `X-Run-Id` header."""
+        return await serving.create(request, owner)
 
     return router

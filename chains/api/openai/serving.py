@@ -12,7 +12,6 @@ failure can only be a chunk in the stream. A client that leaves while it waits i
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,9 @@ from chains.api.events import EventFormat, ErrorEvent
 from chains.api.openai.protocol import (
     ChatCompletionBody, ChatCompletionChunks, ChatCompletionRequest, ModelCard, ModelList, RequestMessage,
 )
-from chains.api.streaming import StreamOptions, TokenStreamResponse, token_events
+from chains.api.runs.run import Listener, Run
+from chains.api.runs.serving import RUN_ERRORS, RunServing, run_refusal
+from chains.api.streaming import StreamLabels, StreamOptions, TokenStreamResponse, generate
 from chains.chat import ChatChain, ConversationInput, SystemPromptInput
 from chains.settings import Settings
 
@@ -70,6 +71,7 @@ class OpenAIServing:
 
     chains: dict[str, ChatChain]
     settings: Settings
+    runs: RunServing
     started: int = field(default_factory=lambda: int(time.time()))
 
     def models(self) -> ModelList:
@@ -106,11 +108,17 @@ class OpenAIServing:
             params["seed"] = request.seed
         return chain.with_model_params(**params) if params else chain
 
-    def open_events(self, chain: ChatChain, given: Any, fmt: EventFormat) -> AsyncIterator[bytes]:
-        """Starts the generation: the one call into the streaming core (a run, once /v1 streams are runs)."""
-        return token_events(chain, given, self.options(), fmt)
+    async def open_events(self, chain: ChatChain, chain_name: str, given: Any, fmt: EventFormat,
+                          owner: str | None) -> tuple[Run, Listener]:
+        """Starts the generation: a run like every stream's (its id in `X-Run-Id`; state, replay and cancel at
+        /chat/runs/{run_id}), cancelled when its client leaves: OpenAI's clients do not resume."""
+        run = await self.runs.store.create(owner, "cancel")
+        listener = Listener(run)
+        generate(run, chain, given, self.options(), fmt, StreamLabels("/v1/chat/completions", chain_name),
+                 self.runs.observer)
+        return run, listener
 
-    async def create(self, request: ChatCompletionRequest) -> Response:
+    async def create(self, request: ChatCompletionRequest, owner: str | None = None) -> Response:
         """`POST /v1/chat/completions`: the stream, or the completion."""
         if request.model not in self.chains:
             return self._no_such_model(request.model)
@@ -124,44 +132,45 @@ class OpenAIServing:
                 error["loc"] = ("messages",)
             return openai_invalid(errors)
         chain = self.chain_for(request)
+        fmt: ChatCompletionChunks | ChatCompletionBody
         if request.stream:
             include_usage = request.stream_options is not None and request.stream_options.include_usage
-            return await self._stream(chain, given, ChatCompletionChunks(request.model, include_usage))
-        return await self._complete(chain, given, ChatCompletionBody(request.model))
-
-    async def _stream(self, chain: ChatChain, given: Any, fmt: ChatCompletionChunks) -> Response:
-        events = self.open_events(chain, given, fmt)
-        head: list[bytes] = []
+            fmt = ChatCompletionChunks(request.model, include_usage)
+        else:
+            fmt = ChatCompletionBody(request.model)
         try:
-            # Until the first token or the end: what has come is kept, to be sent first.
-            async for piece in events:
-                head.append(piece)
+            run, events = await self.open_events(chain, request.model, given, fmt, owner)
+        except RUN_ERRORS as exc:
+            return run_refusal(exc)
+        if isinstance(fmt, ChatCompletionChunks):
+            return await self._stream(run, events, fmt)
+        return await self._complete(run, events, fmt)
+
+    async def _stream(self, run: Run, events: Listener, fmt: ChatCompletionChunks) -> Response:
+        try:
+            async for _ in events:  # until the first token or the end
                 if fmt.tokens_encoded or fmt.ended:
                     break
         except BaseException:
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
             raise
         if fmt.failure is not None and not fmt.tokens_encoded:
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
             return self._failed(fmt.failure)
-        return TokenStreamResponse(_then(head, events), self.settings.sse_heartbeat_seconds)
+        # The response replays the run from its start (what came so far, in one write) and follows it; it joins
+        # before the first listener leaves, so the run never stands without one.
+        replay = Listener(run)
+        await events.aclose()
+        return TokenStreamResponse(replay, self.settings.sse_heartbeat_seconds, run.id)
 
-    async def _complete(self, chain: ChatChain, given: Any, fmt: ChatCompletionBody) -> Response:
-        async with aclosing(self.open_events(chain, given, fmt)) as events:  # type: ignore[type-var]
+    async def _complete(self, run: Run, events: Listener, fmt: ChatCompletionBody) -> Response:
+        async with aclosing(events):
             body = b"".join([piece async for piece in events])
         if fmt.failure is not None:
             return self._failed(fmt.failure)
-        return Response(body, media_type="application/json")
+        return Response(body, media_type="application/json", headers={"X-Run-Id": run.id})
 
     @staticmethod
     def _failed(failure: ErrorEvent) -> ErrorResponse:
         return refuse(STATUS_OF.get(failure.type, 500), failure.type, failure.error)
 
-
-async def _then(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """What was read before answering, in one write, then the rest of the stream; closing this closes the
-    stream (and with it the generation)."""
-    async with aclosing(rest) as events:  # type: ignore[type-var]
-        yield b"".join(head)
-        async for piece in events:
-            yield piece
