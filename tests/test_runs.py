@@ -6,13 +6,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.support.servers import LiveServer, first_token_seconds, start_app, stop_process
-from tests.support.sse import Event, SSEDecoder, parse_sse, run_positions
+from tests.support.runs import read_events, runs_started, tokens
+from tests.support.sse import Event, SSEDecoder, run_positions
 from tests.test_chat_cancellation import LONG
 
 TOKENS = 20
@@ -34,29 +34,6 @@ def endless_server() -> Iterator[LiveServer]:
     stop_process(server)
 
 
-def read_events(server: LiveServer, method: str, path: str, stop_after_tokens: int | None = None,
-                **kwargs: Any) -> tuple[httpx.Response, list[Event]]:
-    """Events as they arrive; with `stop_after_tokens`, the connection is dropped right after that many tokens."""
-    events: list[Event] = []
-    decoder = SSEDecoder()
-    with httpx.stream(method, server.url + path, timeout=30, **kwargs) as response:
-        if response.status_code != 200:
-            response.read()
-            return response, []
-        for text in response.iter_text():
-            for event in decoder.feed(text):
-                events.append(event)
-                if stop_after_tokens is not None and event.event in ("start", "message") and sum(
-                        e.event == "message" for e in events) == stop_after_tokens:
-                    return response, events  # leaving the block drops the connection here
-        events += decoder.end()
-    return response, events
-
-
-def tokens(events: list[Event]) -> list[str]:
-    return [e.json()["token"] for e in events if e.event == "message"]
-
-
 def wait_for_status(server: LiveServer, run_id: str, seconds: float = 30) -> str:
     """The run's status once it has ended (or whatever it is when `seconds` have passed)."""
     deadline = time.monotonic() + seconds
@@ -65,10 +42,6 @@ def wait_for_status(server: LiveServer, run_id: str, seconds: float = 30) -> str
         if status != "running" or time.monotonic() > deadline:
             return status
         time.sleep(0.1)
-
-
-def runs_started(server: LiveServer) -> int:
-    return httpx.get(server.url + "/health", timeout=10).json()["runs"]["started"]
 
 
 @pytest.mark.parametrize("k", [0, 1, TOKENS // 2, TOKENS])

@@ -18,6 +18,8 @@ from chains.hosting import launcher
 from tests.support.servers import (
     HOST, ROOT, LiveServer, clean_env, free_port, start_app, start_redis, stop_process,
 )
+from tests.support.runs import read_events as read_sse_events
+from tests.support.runs import runs_started, tokens
 from tests.support.sse import Event, SSEDecoder
 
 TOKENS = 40
@@ -48,34 +50,13 @@ def pair(redis_server: LiveServer) -> Iterator[tuple[LiveServer, LiveServer]]:
 
 def read_events(server: LiveServer, method: str, path: str, stop_after_tokens: int | None = None,
                 **kwargs: Any) -> tuple[httpx.Response, list[Event]]:
-    """Events as they arrive; with `stop_after_tokens`, the connection is dropped right after that many tokens."""
-    events: list[Event] = []
-    decoder = SSEDecoder()
+    """tests.support.runs.read_events with the first key, unless the call names its own headers."""
     kwargs.setdefault("headers", KEY)
-    with httpx.stream(method, server.url + path, timeout=30, **kwargs) as response:
-        if response.status_code != 200:
-            response.read()
-            return response, []
-        for text in response.iter_text():
-            for event in decoder.feed(text, time.monotonic()):
-                events.append(event)
-                if stop_after_tokens is not None and event.event in ("start", "message") and sum(
-                        e.event == "message" for e in events) == stop_after_tokens:
-                    return response, events  # leaving the block drops the connection here
-        events += decoder.end()
-    return response, events
-
-
-def tokens(events: list[Event]) -> list[str]:
-    return [e.json()["token"] for e in events if e.event == "message"]
+    return read_sse_events(server, method, path, stop_after_tokens, **kwargs)
 
 
 def positions(events: list[Event]) -> list[int]:
     return [int((e.id or "").rsplit(":", 1)[1]) for e in events]
-
-
-def runs_started(server: LiveServer) -> int:
-    return httpx.get(server.url + "/health", timeout=10).json()["runs"]["started"]
 
 
 @pytest.mark.parametrize("k", [0, 1, TOKENS // 2, TOKENS])
