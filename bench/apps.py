@@ -5,6 +5,8 @@
 - `tutorial`: the tutorial's `/chat` handler as written (json.dumps f-strings over `llm.astream`), over the same
   scripted model our server runs with CHAT_PROVIDER=fake.
 - `ours_without_a_store`: our app with runs that no store keeps (B1's baseline for the run stores).
+- `ours_unobserved`: our app with no observer and no request middleware counting (B1's and B3's baseline for what
+  metrics and tracing cost).
 
 Run: `uvicorn bench.apps:ceiling` or `uvicorn bench.apps:tutorial`, with BENCH_TOKENS and BENCH_DELAY_MS set.
 """
@@ -104,4 +106,26 @@ def ours_without_a_store() -> Starlette:
             return Run(new_run_id(), owner, on_disconnect, self.limits.max_events)
 
     server.build_run_store = lambda settings: UnkeptRuns(RunLimits())  # type: ignore[assignment]
+    return server.create_app(load_settings())
+
+
+# --- ours, observing nothing: B1's and B3's baseline for what metrics and tracing cost --------------------------------
+def ours_unobserved() -> Starlette:
+    """An app factory (`uvicorn --factory bench.apps:ours_unobserved`): our app as `make run` builds it, but with
+    nothing recorded — no stream observer (no metrics, span or log line per generation: `server.observe` gives
+    None) and no `ObserveRequests` middleware (no request counted or traced). `/metrics` is still mounted and
+    reads nothing. B1 and B3 compare it with our app as it is (metrics on) and with OTEL_TRACES_EXPORTER=memory
+    (metrics and tracing on, spans exported to the in-process sink)."""
+    import server
+    from chains.middleware.observe import ObserveRequests
+    from chains.settings import load_settings
+
+    install = server.install_middleware
+
+    def install_unobserved(app: FastAPI, *args: object, **kwargs: object) -> None:
+        install(app, *args, **kwargs)  # type: ignore[arg-type]
+        app.user_middleware = [m for m in app.user_middleware if m.cls is not ObserveRequests]
+
+    server.observe = lambda *args, **kwargs: None  # type: ignore[assignment]
+    server.install_middleware = install_unobserved  # type: ignore[assignment]
     return server.create_app(load_settings())

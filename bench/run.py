@@ -3,13 +3,15 @@
 B1 stack cost — events/s of a 5,000-token reply from a zero-delay model: a bare Starlette stream (ceiling), the
    tutorial's handler, LangServe `/stream`, our `/chat` with the in-memory run store, with runs kept by no store,
    and with the Redis run store (a real redis-server on loopback); our `/v1/chat/completions` streaming (OpenAI's
-   chunks, token chunks counted), next to `/chat`.
+   chunks, token chunks counted), next to `/chat`; what observing costs: our `/chat` with nothing recorded (off),
+   as it is (metrics on), and with tracing on too (OTEL_TRACES_EXPORTER=memory: spans to an in-process sink).
 Runs — resume latency (reconnect with Last-Event-ID → first replayed event, p50/p99), in memory and through another
    replica over Redis; memory per finished run kept for replay.
 B2 embedded model — tokens/s and time to first token: llama-cpp-python in-process vs `/chat` and
    `/conversation/stream` over HTTP; same prompt, same max tokens, temperature 0.
 B3 concurrency — N paced streams (20 tokens/s, 100 tokens): inter-token gap p50/p99, failures, server RSS, for
-   a bare paced generator (ceiling), LangServe `/stream` and our `/chat`.
+   a bare paced generator (ceiling), LangServe `/stream` and our `/chat`; at the largest N also our `/chat` with
+   two workers, with nothing recorded (off) and with tracing on.
 Memory — server RSS idle with the embedded model loaded, and per open idle stream.
 Builds — the installed portable llama.cpp against a native build and portable + AVX-512 (bench/llama_builds.py).
 Loops — how often the embedded model's replies loop, old sampling vs the defaults (bench/loop_rate.py).
@@ -25,8 +27,10 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +47,9 @@ RESULTS = ROOT / "bench" / "results"
 HOST = "127.0.0.1"
 PROMPT = "Write a long story about a dragon who learns to bake bread. Make it at least 1000 words."
 SYSTEM_PROMPT = "你是一个有用的助手"
+# Our app built by a factory in bench/apps.py (served with our request-line protocol, as the launcher serves it).
+FACTORIES = ("bench.apps:ours_without_a_store", "bench.apps:ours_unobserved")
+TRACED = {"OTEL_TRACES_EXPORTER": "memory"}  # tracing on, spans exported to the in-process sink
 
 
 @dataclass
@@ -101,9 +108,15 @@ def serve(target: str, **env: str) -> Iterator[Server]:
     name = "bench-" + (target.rsplit(":", 1)[1] if target.startswith("bench.") else "ours")  # its log's name
     if "RUN_STORE_URL" in env:
         name += "-redis"
+    if "OTEL_TRACES_EXPORTER" in env:
+        name += "-traced"
+    metrics_dir = None
     if target == "server:app":  # ours, as `make run` serves it; the baselines under plain uvicorn
         args = launcher.command(HOST, port, workers, quiet=True)
-    elif target == "bench.apps:ours_without_a_store":  # ours too, so with our request-line protocol
+    elif target in FACTORIES:  # ours too, so with our request-line protocol and, as the launcher does, with
+        # Prometheus' multiprocess mode (metrics written to files: what `make run` pays for them)
+        metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-")
+        env = {"PROMETHEUS_MULTIPROC_DIR": metrics_dir, **env}
         args = [sys.executable, "-m", "uvicorn", "--factory", target, "--host", HOST, "--port", str(port),
                 "--log-level", "warning", "--no-access-log", "--http", launcher.PROTOCOL]
     else:
@@ -114,6 +127,8 @@ def serve(target: str, **env: str) -> Iterator[Server]:
         yield Server(live)
     finally:
         stop_process(live)
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -168,6 +183,9 @@ def b1(sizes: Sizes) -> dict[str, Any]:
             ("ours_redis", "server:app", {**fake, "RUN_STORE_URL": redis_url}, "POST", "/chat", {"message": "hi"}),
             ("ours_v1", "server:app", fake, "POST", "/v1/chat/completions",
              {"model": "system-prompt", "messages": [{"role": "user", "content": "hi"}], "stream": True}),
+            # What observing costs: nothing recorded (off); `ours` is metrics on; tracing on besides.
+            ("ours_unobserved", "bench.apps:ours_unobserved", fake, "POST", "/chat", {"message": "hi"}),
+            ("ours_traced", "server:app", {**fake, **TRACED}, "POST", "/chat", {"message": "hi"}),
         ]
         rates: dict[str, list[float]] = {name: [] for name, *_ in contestants}
         for name, target, env, method, path, body in contestants:
@@ -182,6 +200,8 @@ def b1(sizes: Sizes) -> dict[str, Any]:
         "memory_store_vs_no_store": summary([o / b for o, b in zip(rates["ours"], rates["ours_no_store"])]),
         "redis_store_vs_no_store": summary([r / b for r, b in zip(rates["ours_redis"], rates["ours_no_store"])]),
         "v1_vs_chat": summary([v / o for v, o in zip(rates["ours_v1"], rates["ours"])]),
+        "metrics_vs_off": summary([o / u for o, u in zip(rates["ours"], rates["ours_unobserved"])]),
+        "tracing_vs_off": summary([t / u for t, u in zip(rates["ours_traced"], rates["ours_unobserved"])]),
     }
 
 
@@ -354,6 +374,9 @@ def b3(sizes: Sizes) -> dict[str, Any]:
         # The lever the issue allows: one worker per core, same port (the kernel spreads the connections).
         ("ours_2_workers", "server:app", {**paced, "BENCH_WORKERS": "2"}, "POST", "/chat", {"message": "hi"},
          (largest,)),
+        # What observing costs at the largest N: nothing recorded (off), and tracing on besides the metrics.
+        ("ours_unobserved", "bench.apps:ours_unobserved", paced, "POST", "/chat", {"message": "hi"}, (largest,)),
+        ("ours_traced", "server:app", {**paced, **TRACED}, "POST", "/chat", {"message": "hi"}, (largest,)),
     ]
     out: dict[str, Any] = {}
     for name, target, env, method, path, body, stream_counts in contestants:
@@ -371,6 +394,10 @@ def b3(sizes: Sizes) -> dict[str, Any]:
         by_name["ours_p99_vs_ceiling"] = ours / by_name["ceiling"]["p99_ms"]["median"]
         if "langserve" in by_name:
             by_name["ours_p99_vs_langserve"] = ours / by_name["langserve"]["p99_ms"]["median"]
+        if "ours_unobserved" in by_name:  # on ÷ off, of the p99 gap: lower is better, 1 is free
+            off = by_name["ours_unobserved"]["p99_ms"]["median"]
+            by_name["metrics_p99_vs_off"] = ours / off
+            by_name["tracing_p99_vs_off"] = by_name["ours_traced"]["p99_ms"]["median"] / off
     return out
 
 
@@ -435,7 +462,9 @@ def report(results: dict[str, Any], sizes: Sizes) -> str:
                         ("langserve", "LangServe `/stream`"), ("ours", "our `/chat` (in-memory run store)"),
                         ("ours_no_store", "our `/chat`, runs kept by no store"),
                         ("ours_redis", "our `/chat`, Redis run store"),
-                        ("ours_v1", "our `/v1/chat/completions`, streaming")):
+                        ("ours_v1", "our `/v1/chat/completions`, streaming"),
+                        ("ours_unobserved", "our `/chat`, nothing recorded (off)"),
+                        ("ours_traced", "our `/chat`, metrics and tracing on (in-process sink)")):
         ratio = r1[name]["median"] / r1["ceiling"]["median"]
         lines.append(f"| {label} | {fmt(r1[name])} | {ratio:.2f}× |")
     runs_ = results["runs"]
@@ -443,7 +472,9 @@ def report(results: dict[str, Any], sizes: Sizes) -> str:
               f"{fmt(r1['ours_vs_langserve'], 2)} (goal ≥ 2) · ours ÷ tutorial {fmt(r1['ours_vs_tutorial'], 2)}",
               f"in-memory store ÷ no store {fmt(r1['memory_store_vs_no_store'], 2)} (goal ≥ 0.9) · Redis store ÷ no "
               f"store {fmt(r1['redis_store_vs_no_store'], 2)} (goal ≥ 0.5) · `/v1/chat/completions` ÷ `/chat` "
-              f"{fmt(r1['v1_vs_chat'], 2)} (goal ≥ 0.9)", "",
+              f"{fmt(r1['v1_vs_chat'], 2)} (goal ≥ 0.9)",
+              f"observing: metrics on ÷ off {fmt(r1['metrics_vs_off'], 2)} (goal ≥ 0.95) · metrics and tracing on ÷ "
+              f"off {fmt(r1['tracing_vs_off'], 2)} (goal ≥ 0.9)", "",
               f"**Runs** — resume (reconnect with `Last-Event-ID` → first replayed event), {sizes.resumes} resumes: "
               f"in-memory p50 {runs_['resume_memory']['p50_ms']:.1f} ms / p99 {runs_['resume_memory']['p99_ms']:.1f} ms"
               f"; Redis, through another replica, p50 {runs_['resume_redis_other_replica']['p50_ms']:.1f} ms / p99 "
@@ -463,7 +494,9 @@ def report(results: dict[str, Any], sizes: Sizes) -> str:
               "| --- | --- | --- | --- | --- | --- |"]
     for streams, by_name in r3.items():
         for name, label in (("ceiling", "bare paced generator"), ("langserve", "LangServe `/stream`"),
-                            ("ours", "our `/chat`"), ("ours_2_workers", "our `/chat`, 2 workers")):
+                            ("ours", "our `/chat`"), ("ours_2_workers", "our `/chat`, 2 workers"),
+                            ("ours_unobserved", "our `/chat`, nothing recorded (off)"),
+                            ("ours_traced", "our `/chat`, metrics and tracing on")):
             if name not in by_name:
                 continue
             row = by_name[name]
@@ -471,7 +504,10 @@ def report(results: dict[str, Any], sizes: Sizes) -> str:
                          f"{fmt(row['failures'])} | {fmt(row['rss_mb'])} |")
     lines += ["", " · ".join(f"N={n}: ours p99 ÷ ceiling {v['ours_p99_vs_ceiling']:.2f}" + (
         f", ÷ LangServe {v['ours_p99_vs_langserve']:.2f}" if "ours_p99_vs_langserve" in v else "")
-        for n, v in r3.items()), "",
+        for n, v in r3.items()),
+              *(f"N={n}, what observing costs (p99 gap, on ÷ off; lower is better, 1.00 is free): metrics "
+                f"{v['metrics_p99_vs_off']:.2f}, metrics and tracing {v['tracing_p99_vs_off']:.2f}"
+                for n, v in r3.items() if "metrics_p99_vs_off" in v), "",
               f"**Memory** — server RSS idle with the embedded model loaded: {r2['idle_rss_mb_with_model']:.0f} MB; "
               f"scripted-model server idle {mem['idle_rss_mb']:.0f} MB, with {sizes.idle_streams} open idle streams "
               f"{mem['rss_mb_with_open_streams']:.0f} MB: {mem['kb_per_idle_stream']:.0f} KB per idle stream.", ""]
