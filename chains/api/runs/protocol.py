@@ -46,16 +46,16 @@ class RunCaller:
     on_disconnect: OnDisconnect
 
 
-def run_caller(
+async def run_caller(
     request: Request,
     on_disconnect: Annotated[str | None, Query(description=ON_DISCONNECT_DOC, max_length=16)] = None,
     last_event_id: Annotated[str | None, Header(description=LAST_EVENT_ID_DOC, max_length=200)] = None,
 ) -> RunCaller:
-    """A dependency of every route that starts a run."""
+    """A dependency of every route that starts a run (async: a sync dependency would cost a thread hop)."""
     return RunCaller(owner=request.scope.get(API_KEY_ID), last_event_id=last_event_id or None,
                      on_disconnect=parse_on_disconnect(on_disconnect, ["query", "on_disconnect"]))
 
 
-def run_owner(request: Request) -> str | None:
+async def run_owner(request: Request) -> str | None:
     """A dependency of the routes that reach an existing run."""
     return request.scope.get(API_KEY_ID)
