@@ -31,9 +31,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.retry import Retry as SyncRetry
 
-from chains.api.runs.run import InvalidEventId, OnDisconnect, Run, RunStatus, parse_event_id
+from chains.api.runs.run import OnDisconnect, Run, RunStatus
 from chains.api.runs.store import (
-    CancelOutcome, MemoryRunStore, RunInfo, RunLimits, RunNotFound, RunOver, RunStoreFull, RunStoreUnavailable,
+    CancelOutcome, MemoryRunStore, RunInfo, RunLimits, RunNotFound, RunStoreFull, RunStoreUnavailable,
+    already_ended, check_resume, resume_after,
 )
 from chains.settings import ConfigError
 
@@ -435,11 +436,7 @@ class RedisRunStore:
         if self._is_local(run_id):
             return await self.local.listen(run_id, owner, last_event_id)
         self._start()
-        after = -1
-        if last_event_id is not None:
-            named_run, after = parse_event_id(last_event_id)
-            if named_run != run_id:
-                raise InvalidEventId(f"Last-Event-ID {last_event_id[:80]!r} belongs to another run, not {run_id}")
+        after = resume_after(run_id, last_event_id)
         meta = await self._meta(run_id, owner)
         key = events_key(run_id)
         try:
@@ -450,15 +447,7 @@ class RedisRunStore:
                 last_seq, ended = await self._catch_up(key, after, last_seq)
         except REDIS_ERRORS:
             raise RunStoreUnavailable(UNAVAILABLE) from None
-        if after > last_seq:
-            raise InvalidEventId(f"Last-Event-ID {run_id}:{after} is beyond the run's events (the last is "
-                                 f"{run_id}:{last_seq})")
-        first_seq = entry_seq(first[0][0]) if first else 0
-        if after < first_seq - 1:
-            raise InvalidEventId(f"the run no longer keeps the events after {run_id}:{after} (it keeps the last "
-                                 f"{last_seq - first_seq + 1})")
-        if ended and after == last_seq:
-            raise RunOver()
+        check_resume(run_id, after, entry_seq(first[0][0]) if first else 0, last_seq, ended)
         replica = meta.get(b"replica", b"").decode() if meta.get(b"status") == b"running" and not ended else None
         follower = RemoteFollower(self, run_id, after, replica)
         await follower.announce(b"join")
@@ -485,7 +474,7 @@ class RedisRunStore:
         meta = await self._meta(run_id, owner)
         status = meta.get(b"status", b"").decode()
         if status != "running":
-            return ended_already(run_id, status)
+            return already_ended(run_id, known_status(status))
         nonce = secrets.token_hex(8)
         message = f"cancel {run_id} {nonce}".encode()
         channel = CHANNEL + meta.get(b"replica", b"").decode()
@@ -505,7 +494,7 @@ class RedisRunStore:
                     if cancelled_by == nonce.encode():
                         return CancelOutcome(run_id=run_id, cancelled=True, status="cancelled",
                                              detail="the run was cancelled")
-                    return ended_already(run_id, status_now.decode())
+                    return already_ended(run_id, known_status(status_now.decode()))
         except REDIS_ERRORS:
             raise RunStoreUnavailable(UNAVAILABLE) from None
         return CancelOutcome(run_id=run_id, cancelled=False, status="cancelling", detail=(
@@ -546,12 +535,6 @@ class RedisRunStore:
 
 def known_status(status: str) -> RunStatus:
     return status if status in ("running", "completed", "cancelled", "failed") else "failed"  # type: ignore[return-value]
-
-
-def ended_already(run_id: str, status: str) -> CancelOutcome:
-    shown = known_status(status)
-    return CancelOutcome(run_id=run_id, cancelled=False, status=shown,
-                         detail=f"the run had already ended ({shown}); nothing to cancel")
 
 
 class RemoteFollower:

@@ -168,15 +168,6 @@ class Run:
         if not self.listeners:
             self.cancel("disconnect")
 
-    def check_position(self, seq: int) -> None:
-        """A listener may resume after any event the run still keeps."""
-        if seq >= self.next_seq:
-            raise InvalidEventId(f"Last-Event-ID {self.id}:{seq} is beyond the run's events (the last is "
-                                 f"{self.id}:{self.next_seq - 1})")
-        if seq < self.first_seq - 1:
-            raise InvalidEventId(f"the run no longer keeps the events after {self.id}:{seq} (it keeps the last "
-                                 f"{len(self.events)})")
-
 
 class Listener:
     """Follows a run from after `seq` (-1: from its start): what was kept, then live events until the terminal one.

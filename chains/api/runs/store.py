@@ -15,8 +15,8 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from chains.settings import Settings
 from chains.api.runs.run import InvalidEventId, Listener, OnDisconnect, Run, RunStatus, new_run_id, parse_event_id
+from chains.settings import Settings
 
 
 class RunNotFound(LookupError):
@@ -100,24 +100,33 @@ class RunStore(Protocol):
     async def close(self) -> None: ...
 
 
-def resume_position(run: Run, last_event_id: str | None) -> int:
-    """The seq a listener resumes after (-1: from the start), checked against the run."""
+def resume_after(run_id: str, last_event_id: str | None) -> int:
+    """The seq a listener of `run_id` resumes after (-1: from the start): a well-formed id of this run."""
     if last_event_id is None:
         return -1
-    run_id, seq = parse_event_id(last_event_id)
-    if run_id != run.id:
-        raise InvalidEventId(f"Last-Event-ID {last_event_id[:80]!r} belongs to another run, not {run.id}")
-    run.check_position(seq)
-    if run.finished and seq == run.next_seq - 1:
-        raise RunOver()
+    named_run, seq = parse_event_id(last_event_id)
+    if named_run != run_id:
+        raise InvalidEventId(f"Last-Event-ID {last_event_id[:80]!r} belongs to another run, not {run_id}")
     return seq
 
 
-def cancel_outcome(run: Run, stopped: bool) -> CancelOutcome:
-    if stopped:
-        return CancelOutcome(run_id=run.id, cancelled=True, status="cancelled", detail="the run was cancelled")
-    return CancelOutcome(run_id=run.id, cancelled=False, status=run.status,
-                         detail=f"the run had already ended ({run.status}); nothing to cancel")
+def check_resume(run_id: str, after: int, first_seq: int, last_seq: int, ended: bool) -> None:
+    """A listener may resume after any event the run still keeps (`first_seq`…`last_seq`), wherever it is kept;
+    after the terminal event there is nothing to follow (RunOver)."""
+    if after > last_seq:
+        raise InvalidEventId(f"Last-Event-ID {run_id}:{after} is beyond the run's events (the last is "
+                             f"{run_id}:{last_seq})")
+    if after < first_seq - 1:
+        raise InvalidEventId(f"the run no longer keeps the events after {run_id}:{after} (it keeps the last "
+                             f"{last_seq - first_seq + 1})")
+    if ended and after == last_seq:
+        raise RunOver()
+
+
+def already_ended(run_id: str, status: RunStatus) -> CancelOutcome:
+    """A cancel that found the run ended: said plainly, with how it ended."""
+    return CancelOutcome(run_id=run_id, cancelled=False, status=status,
+                         detail=f"the run had already ended ({status}); nothing to cancel")
 
 
 class MemoryRunStore:
@@ -166,11 +175,15 @@ class MemoryRunStore:
 
     async def listen(self, run_id: str, owner: str | None, last_event_id: str | None) -> AsyncIterator[bytes]:
         run = self.find(run_id, owner)
-        return Listener(run, resume_position(run, last_event_id))
+        after = resume_after(run.id, last_event_id)
+        check_resume(run.id, after, run.first_seq, run.next_seq - 1, run.finished)
+        return Listener(run, after)
 
     async def cancel(self, run_id: str, owner: str | None) -> CancelOutcome:
         run = self.find(run_id, owner)
-        return cancel_outcome(run, run.cancel())
+        if run.cancel():
+            return CancelOutcome(run_id=run.id, cancelled=True, status="cancelled", detail="the run was cancelled")
+        return already_ended(run.id, run.status)
 
     async def info(self, run_id: str, owner: str | None) -> RunInfo:
         return run_info(self.find(run_id, owner))
