@@ -1,7 +1,7 @@
 """The OpenAI-compatible surface's generator: a Chat Completions request → a chain's input and options → the one
 streaming core → chunks, or one `chat.completion`.
 
-Streaming and non-streaming run the same generation through the same core (`open_events`); they differ only in
+Streaming and non-streaming run the same generation through the same core (`RunServing.open`); they differ only in
 the encoding. Both wait for the first token before answering, so that a generation that fails before it has said
 anything — an upstream's 429, a timeout, a full queue — is an HTTP error with its status (429 with `Retry-After`,
 502, 503, 504), which OpenAI's clients raise and retry as they would against OpenAI; after the first token a
@@ -20,13 +20,13 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from chains.api.errors import STATUS_OF, ErrorResponse, openai_invalid, refuse
-from chains.api.events import EventFormat, ErrorEvent
+from chains.api.events import ErrorEvent
 from chains.api.openai.protocol import (
     ChatCompletionBody, ChatCompletionChunks, ChatCompletionRequest, ModelCard, ModelList, RequestMessage,
 )
 from chains.api.runs.run import Listener, Run
 from chains.api.runs.serving import RUN_ERRORS, RunServing, run_refusal
-from chains.api.streaming import StreamLabels, StreamOptions, TokenStreamResponse, generate
+from chains.api.streaming import StreamLabels, StreamOptions, TokenStreamResponse
 from chains.chat import ChatChain, ConversationInput, SystemPromptInput
 from chains.settings import Settings
 
@@ -108,16 +108,6 @@ class OpenAIServing:
             params["seed"] = request.seed
         return chain.with_model_params(**params) if params else chain
 
-    async def open_events(self, chain: ChatChain, chain_name: str, given: Any, fmt: EventFormat,
-                          owner: str | None) -> tuple[Run, Listener]:
-        """Starts the generation: a run like every stream's (its id in `X-Run-Id`; state, replay and cancel at
-        /chat/runs/{run_id}), cancelled when its client leaves: OpenAI's clients do not resume."""
-        run = await self.runs.store.create(owner, "cancel")
-        listener = Listener(run)
-        generate(run, chain, given, self.options(), fmt, StreamLabels("/v1/chat/completions", chain_name),
-                 self.runs.observer)
-        return run, listener
-
     async def create(self, request: ChatCompletionRequest, owner: str | None = None) -> Response:
         """`POST /v1/chat/completions`: the stream, or the completion."""
         if request.model not in self.chains:
@@ -139,7 +129,10 @@ class OpenAIServing:
         else:
             fmt = ChatCompletionBody(request.model)
         try:
-            run, events = await self.open_events(chain, request.model, given, fmt, owner)
+            # A run like every stream's (X-Run-Id; state, replay and cancel at /chat/runs/{run_id}), cancelled
+            # when its client leaves: OpenAI's clients do not resume.
+            run, events = await self.runs.open(chain, given, self.options(), fmt, owner, "cancel",
+                                               StreamLabels("/v1/chat/completions", request.model))
         except RUN_ERRORS as exc:
             return run_refusal(exc)
         if isinstance(fmt, ChatCompletionChunks):

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from chains.api.errors import refuse
 from chains.api.events import EventFormat
 from chains.api.runs.protocol import RunCaller
-from chains.api.runs.run import InvalidEventId, Listener, parse_event_id
+from chains.api.runs.run import InvalidEventId, Listener, OnDisconnect, Run, parse_event_id
 from chains.api.runs.store import (
     CancelOutcome, RunInfo, RunNotFound, RunOver, RunStore, RunStoreFull, RunStoreUnavailable,
 )
@@ -65,12 +65,20 @@ class RunServing:
                 return run_refusal(exc)
             return await self.join(run_id, caller.owner, caller.last_event_id)
         try:
-            run = await self.store.create(caller.owner, caller.on_disconnect)
+            run, listener = await self.open(chain, chain_input, options, fmt, caller.owner, caller.on_disconnect,
+                                            labels)
         except RUN_ERRORS as exc:
             return run_refusal(exc)
+        return TokenStreamResponse(listener, self.heartbeat_seconds, run.id)
+
+    async def open(self, chain: ChatChain, chain_input: Any, options: StreamOptions, fmt: EventFormat,
+                   owner: str | None, on_disconnect: OnDisconnect, labels: StreamLabels) -> tuple[Run, Listener]:
+        """A new run in the store, generating, and its first listener (joined before the generation can end, so
+        the disconnect policy sees it). Raises the store's refusals (RUN_ERRORS)."""
+        run = await self.store.create(owner, on_disconnect)
         listener = Listener(run)
         generate(run, chain, chain_input, options, fmt, labels, self.observer)
-        return TokenStreamResponse(listener, self.heartbeat_seconds, run.id)
+        return run, listener
 
     async def join(self, run_id: str, owner: str | None, last_event_id: str | None) -> Response:
         try:
