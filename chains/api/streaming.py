@@ -101,7 +101,7 @@ class Generation:
         self.handle = observer.stream_started(labels) if observer is not None else None
         self.first_token_at: float | None = None
         self.longest_gap = 0.0
-        self.cancel_reason: CancelReason = "cancelled"
+        self.cancel_reason: CancelReason | None = None  # set by a cancel (a request, or the disconnect policy)
         self.fmt = fmt
         self.options = options
         self.usage: Usage | None = None
@@ -112,7 +112,6 @@ class Generation:
         self.seq = 0
         self.token_count = 0
         self.interrupted: ErrorEvent | None = None  # why it was stopped early: a timeout, the server's shutdown
-        self.cancelled = False  # stopped by a cancel (request, or the disconnect policy)
         self.flush_after = options.flush_ms / 1000 if options.flush_ms and options.buffer_size > 1 else None
         self.flush_timer: asyncio.TimerHandle | None = None
         self.began = self.last_token = loop.time()  # uvloop's clock: milliseconds, fine for deadlines
@@ -166,12 +165,12 @@ class Generation:
         if status == "completed":
             ending = "done"
         elif status == "cancelled":
-            ending = self.cancel_reason
+            ending = self.cancel_reason or "cancelled"  # none: the event loop closing
         elif self.interrupted is not None:
             ending = self.interrupted.type  # timeout, shutdown
         else:
             ending = failure or "internal_error"
-        first, tokens, usage, meter = self.first_token_at, self.token_count, self.usage, self.meter
+        first, tokens, usage = self.first_token_at, self.token_count, self._usage()
         per_token = (self.last_token - first) / (tokens - 1) if first is not None and tokens > 1 else None
         return StreamRecord(
             run_id=self.run.id, labels=self.labels, ending=ending, finish_reason=self.finish_reason,
@@ -179,9 +178,8 @@ class Generation:
             time_to_first_token=first - self.began if first is not None else None,
             time_per_output_token=per_token, longest_gap=self.longest_gap if tokens > 1 else None,
             token_events=tokens,
-            prompt_tokens=usage.prompt_tokens if usage else meter.prompt_tokens,
-            completion_tokens=usage.completion_tokens if usage else (
-                meter.completion_tokens if meter.prompt_tokens is not None else None),
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
         )
 
     def _stopped_before_it_began(self, task: asyncio.Task[None]) -> None:
@@ -198,17 +196,19 @@ class Generation:
         # The hot path: one encode and one append per token.
         run, fmt, texts = self.run, self.fmt, self.texts
         event_id, seq, count = run.event_id, self.seq, self.token_count
-        async for chunk in chunks:
-            if chunk.content:
-                text = chunk.text
-                texts.append(text)
-                seq += 1
-                count += 1
-                self.seq, self.token_count = seq, count
-                self._token_time()
-                run.append(fmt.tokens(event_id(seq), text, count))
-            if chunk.response_metadata or chunk.usage_metadata:  # only on the last chunks
-                self._note_metadata(chunk)
+        try:
+            async for chunk in chunks:
+                if chunk.content:
+                    text = chunk.text
+                    texts.append(text)
+                    seq += 1
+                    count += 1
+                    self._token_time()
+                    run.append(fmt.tokens(event_id(seq), text, count))
+                if chunk.response_metadata or chunk.usage_metadata:  # only on the last chunks
+                    self._note_metadata(chunk)
+        finally:  # however it ends (a cancel, a failure), the terminal event follows the last token sent
+            self.seq, self.token_count = seq, count
 
     async def _send_grouped(self, chunks: AsyncIterator[AIMessageChunk]) -> None:
         pending, buffer_size, loop = self.pending, self.options.buffer_size, self.loop
@@ -257,19 +257,20 @@ class Generation:
                                total_tokens=usage["total_tokens"])
         self.finish_reason = chunk.response_metadata.get("finish_reason") or self.finish_reason
 
+    def _usage(self) -> Usage | None:
+        """What the model reported at its end, else what it counted so far (a stopped generation has no end)."""
+        meter = self.meter
+        if self.usage is not None or meter.prompt_tokens is None:
+            return self.usage
+        return Usage(prompt_tokens=meter.prompt_tokens, completion_tokens=meter.completion_tokens,
+                     total_tokens=meter.prompt_tokens + meter.completion_tokens)
+
     def _done(self, status: RunStatus) -> bytes:
         duration = time.perf_counter() - self.started
-        usage, finish_reason = self.usage, self.finish_reason
-        if status == "cancelled":
-            finish_reason = "cancelled"
-            meter = self.meter
-            if usage is None and meter.prompt_tokens is not None:  # what the model counted until the stop
-                usage = Usage(prompt_tokens=meter.prompt_tokens, completion_tokens=meter.completion_tokens,
-                              total_tokens=meter.prompt_tokens + meter.completion_tokens)
         return self.fmt.done(self._next_id(), DoneEvent(
             status=status, full_response="".join(self.texts), token_count=self.token_count, duration=duration,
-            tokens_per_second=self.token_count / duration if duration > 0 else 0.0,
-            usage=usage, finish_reason=finish_reason,
+            tokens_per_second=self.token_count / duration if duration > 0 else 0.0, usage=self._usage(),
+            finish_reason="cancelled" if status == "cancelled" else self.finish_reason,
         ))
 
     def _check_deadlines(self) -> None:
@@ -289,15 +290,14 @@ class Generation:
 
     def interrupt(self, reason: ErrorEvent) -> None:
         """End early with `reason` as the terminal event (unless the generation has finished already)."""
-        if not self.finished and self.interrupted is None and not self.cancelled:
+        if not self.finished and self.interrupted is None and self.cancel_reason is None:
             self.interrupted = reason
             self.producer.cancel()
 
     def cancel(self, reason: CancelReason = "cancelled") -> bool:
         """End early as cancelled: the terminal event carries what was sent and used until now."""
-        if self.finished or self.interrupted is not None or self.cancelled:
+        if self.finished or self.interrupted is not None or self.cancel_reason is not None:
             return False
-        self.cancelled = True
         self.cancel_reason = reason
         self.producer.cancel()
         return True
