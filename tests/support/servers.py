@@ -110,10 +110,9 @@ def _log_file(name: str) -> Path:
     return ARTIFACTS / f"{name}-{os.getpid()}-{next(_serial)}.log"
 
 
-def start_process(args: list[str], env: dict[str, str], name: str, health_path: str, port: int,
-                  seconds: float = 60) -> LiveServer:
-    """Starts `args` (cwd: the repository) and waits until `health_path` answers 200. `env` is the whole
-    environment: build it with `clean_env`."""
+def _spawn(args: list[str], env: dict[str, str], name: str, url: str) -> LiveServer:
+    """`args` in a process group of its own, logging to its own file, killed with this process (the parent-death
+    signal, and a watchdog for what that misses)."""
     log = _log_file(name)
     # The parent-death signal fires when the starting *thread* ends: only set from the main thread, whose end is
     # the process's (the watchdog covers the rest).
@@ -124,8 +123,16 @@ def start_process(args: list[str], env: dict[str, str], name: str, health_path: 
                                    preexec_fn=_die_with_the_starter if main_thread else None)
     watchdog = subprocess.Popen([sys.executable, "-m", "tests.support.watchdog", str(os.getpid()), str(process.pid)],
                                 cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL, start_new_session=True)
-    server = LiveServer(f"http://{HOST}:{port}", process, log, watchdog)
+    server = LiveServer(url, process, log, watchdog)
     _running[process.pid] = server
+    return server
+
+
+def start_process(args: list[str], env: dict[str, str], name: str, health_path: str, port: int,
+                  seconds: float = 60) -> LiveServer:
+    """Starts `args` (cwd: the repository) and waits until `health_path` answers 200. `env` is the whole
+    environment: build it with `clean_env`."""
+    server = _spawn(args, env, name, f"http://{HOST}:{port}")
     try:
         _wait_until_up(server, health_path, seconds)
     except BaseException:
@@ -217,16 +224,8 @@ def start_redis(port: int | None = None, seconds: float = 15) -> LiveServer:
     port = free_port() if port is None else port
     args = [REDIS_SERVER, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
             "--protected-mode", "yes", "--daemonize", "no"]
-    log = _log_file("redis")
-    main_thread = threading.current_thread() is threading.main_thread()
-    with log.open("wb") as out:
-        process = subprocess.Popen(args, cwd=ROOT, env=clean_env(), stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True,
-                                   preexec_fn=_die_with_the_starter if main_thread else None)
-    watchdog = subprocess.Popen([sys.executable, "-m", "tests.support.watchdog", str(os.getpid()), str(process.pid)],
-                                cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL, start_new_session=True)
-    server = LiveServer(f"redis://{HOST}:{port}", process, log, watchdog)
-    _running[process.pid] = server
+    server = _spawn(args, clean_env(), "redis", f"redis://{HOST}:{port}")
+    process = server.process
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
