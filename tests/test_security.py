@@ -315,6 +315,11 @@ def test_cors_on_a_refusal_lets_the_browser_read_it(limited_server: LiveServer) 
     assert response.headers["access-control-allow-origin"] == "http://localhost:5173"
 
 
+def test_cors_lets_a_page_on_an_allowed_origin_read_its_run_id(fake_server: LiveServer) -> None:
+    # Without Access-Control-Expose-Headers the browser hides X-Run-Id, and the page could not resume or cancel.
+    response = httpx.post(fake_server.url + "/chat", json={"message": "hi"}, headers={"Origin": "http://localhost:5173"})
+    assert response.status_code == 200 and response.headers["x-run-id"]
+    assert "x-run-id" in response.headers["access-control-expose-headers"].lower()
 
 
 # --- schemathesis over the whole OpenAPI document -------------------------------------------------------------
