@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
+from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, ensure_config
 from langchain_core.runnables.config import get_async_callback_manager_for_config, patch_config
 from langsmith.utils import tracing_is_enabled
@@ -20,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model,
 from pydantic.json_schema import SkipJsonSchema
 
 from chains.limits import conversation_size, user_text, within_limit
+from chains.models.base import StreamedChatModel, StreamEnd, TextStream
 from chains.settings import DEFAULT_SYSTEM_PROMPT
 
 Role = Literal["user", "assistant", "system"]
@@ -133,10 +135,10 @@ class ChatChain(Runnable[Any, str]):
 
     Streamed through LangChain's runnable machinery, every token costs tens of microseconds: callback managers,
     chunk copies and accumulation in each of the sequence's three steps. When nobody listens (no callbacks, no
-    tracing: `/chat`, `RemoteRunnable.astream` without events), `astream` and `astream_messages` take the
-    model's own token generator instead, which yields the same tokens. With callbacks (LangServe's
+    tracing: `/chat`, `RemoteRunnable.astream` without events), `astream` and `astream_text` take the
+    model's own token stream instead (plain text from our models), which yields the same tokens. With callbacks (LangServe's
     `/stream_log`, `/stream_events`, its `/stream`, a tracer) everything runs through the sequence as usual, and
-    `astream_messages` reports one run for the chain with the model's run inside it.
+    `astream_text` reports one run for the chain with the model's run inside it.
     """
 
     def __init__(self, prompt: Callable[[Any], list[BaseMessage]], model: BaseChatModel, input_type: Any,
@@ -186,31 +188,26 @@ class ChatChain(Runnable[Any, str]):
                 async for text in texts:
                     yield text
             return
-        async with aclosing(self.astream_messages(input, config)) as chunks:
-            async for chunk in chunks:
-                if chunk.content:
-                    yield chunk.text
+        async with aclosing(self.astream_text(input, config)) as items:
+            async for item in items:
+                if not isinstance(item, StreamEnd):
+                    yield item
 
-    async def astream_messages(self, input: Any, config: RunnableConfig | None = None
-                               ) -> AsyncIterator[AIMessageChunk]:
-        """The model's chunks for this input: text, and on the last ones usage and finish reason."""
+    async def astream_text(self, input: Any, config: RunnableConfig | None = None) -> TextStream:
+        """The reply's text token by token (non-empty `str`s), then one `StreamEnd`: usage and finish reason."""
         if _observed(config):
-            async with aclosing(self._astream_observed(input, config)) as observed:
-                async for chunk in observed:
-                    yield chunk
-            return
-        messages = self.prompt(input)
-        async with aclosing(self.model._astream(messages, **self.model_params)) as generations:
-            async for generation in generations:
-                message = generation.message
-                if generation.generation_info:
-                    # ChatOpenAI reports its finish reason there; LangChain's own astream merges it into the
-                    # message's metadata, and so does this shortcut past it (only the last chunks carry any).
-                    message.response_metadata = {**generation.generation_info, **message.response_metadata}
-                yield message  # type: ignore[misc]
+            stream = _text_of_chunks(self._astream_observed(input, config))
+        elif isinstance(self.model, StreamedChatModel):  # ours: plain text, no chunk object per token
+            stream = self.model.astream_text(self.prompt(input), **self.model_params)
+        else:
+            stream = _text_of_chunks(_messages_of(self.model._astream(self.prompt(input), **self.model_params)))
+        async with aclosing(stream) as items:
+            async for item in items:
+                if item:  # an empty text is no token; a StreamEnd is always true
+                    yield item
 
     async def _astream_observed(self, input: Any, config: RunnableConfig | None) -> AsyncIterator[AIMessageChunk]:
-        """`astream_messages` when something listens: a run for this chain (its name, the chain input in, the reply
+        """`astream_text` when something listens: a run for this chain (its name, the chain input in, the reply
         text out) with the model's run as its child, through LangChain's callbacks (a tracer, LangServe's
         callbacks). However the stream stops — done, failed, closed by its consumer, cancelled — the chain's run
         ends: a stop is reported to the callbacks as the chain's error, the way the model reports its own."""
@@ -232,6 +229,33 @@ class ChatChain(Runnable[Any, str]):
             await run.on_chain_error(exc)
             raise
         await run.on_chain_end("".join(texts))
+
+
+async def _messages_of(generations: AsyncIterator[ChatGenerationChunk]) -> AsyncIterator[AIMessageChunk]:
+    """A LangChain model's own chunks as messages. ChatOpenAI reports its finish reason in `generation_info`;
+    LangChain's astream merges it into the message's metadata, and so does this shortcut past it."""
+    async with aclosing(generations) as stream:
+        async for generation in stream:
+            message = generation.message
+            if generation.generation_info:
+                message.response_metadata = {**generation.generation_info, **message.response_metadata}
+            yield message  # type: ignore[misc]
+
+
+async def _text_of_chunks(chunks: AsyncIterator[AIMessageChunk]) -> TextStream:
+    """Message chunks as a text stream: each chunk's text, then their usage and finish reason as one `StreamEnd`
+    (a provider may report them on different chunks, or not at all)."""
+    finish_reason: str | None = None
+    usage: dict[str, int] | None = None
+    async with aclosing(chunks) as stream:
+        async for chunk in stream:
+            if chunk.content:
+                yield chunk.text
+            if chunk.usage_metadata:
+                usage = dict(chunk.usage_metadata)
+            if chunk.response_metadata:
+                finish_reason = chunk.response_metadata.get("finish_reason") or finish_reason
+    yield StreamEnd(finish_reason, usage["input_tokens"] if usage else None, usage["output_tokens"] if usage else None)
 
 
 def _observed(config: RunnableConfig | None) -> bool:

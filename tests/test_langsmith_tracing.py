@@ -15,10 +15,10 @@ from uuid import UUID
 import httpx
 import pytest
 from langchain_core.callbacks import AsyncCallbackHandler
-from langchain_core.messages import AIMessageChunk
 
 from chains.chat import system_prompt_chain
-from chains.models.fake import ScriptedChatModel
+from chains.models.base import StreamEnd
+from chains.models.fake import ScriptedChatModel, scripted_tokens
 from tests.support.servers import start_app, start_upstream, stop_process
 
 MESSAGE = "langsmith-probe-question"
@@ -123,24 +123,24 @@ def observed_chain(tokens: int, delay_ms: float = 0) -> Any:
 
 async def test_an_observed_stream_is_one_chain_run_with_the_model_run_inside() -> None:
     recorder = Recorder()
-    chunks: list[AIMessageChunk] = []
-    async with aclosing(observed_chain(4).astream_messages({"message": "hi"}, {"callbacks": [recorder]})) as stream:
-        async for chunk in stream:
-            chunks.append(chunk)
+    items: list[str | StreamEnd] = []
+    async with aclosing(observed_chain(4).astream_text({"message": "hi"}, {"callbacks": [recorder]})) as stream:
+        async for item in stream:
+            items.append(item)
     chain, model = recorder.one("chain"), recorder.one("llm")
     assert chain["name"] == "system_prompt" and chain["parent"] is None and chain["inputs"] == {"message": "hi"}
-    assert chain["outputs"] == "".join(c.text for c in chunks) and "error" not in chain
+    *texts, end = items
+    assert chain["outputs"] == "".join(texts) == "".join(scripted_tokens(4)) and "error" not in chain
     assert model["parent"] in recorder.runs and recorder.runs[model["parent"]] is chain and "outputs" in model
-    # The last chunks still carry the usage and the finish reason, as on the unobserved path.
-    assert any(c.usage_metadata for c in chunks)
-    assert any(c.response_metadata.get("finish_reason") == "stop" for c in chunks)
+    # The stream still ends with the usage and the finish reason, as on the unobserved path.
+    assert end == StreamEnd("stop", end.prompt_tokens, 4) and end.prompt_tokens
 
 
 async def test_a_closed_observed_stream_ends_its_chain_run_with_an_error() -> None:
     recorder = Recorder()
-    async with aclosing(observed_chain(50).astream_messages({"message": "hi"}, {"callbacks": [recorder]})) as stream:
-        async for chunk in stream:
-            if chunk.content:
+    async with aclosing(observed_chain(50).astream_text({"message": "hi"}, {"callbacks": [recorder]})) as stream:
+        async for item in stream:
+            if isinstance(item, str):
                 break  # the consumer leaves: aclosing closes the stream, and the model's with it
     chain, model = recorder.one("chain"), recorder.one("llm")
     assert isinstance(chain.get("error"), GeneratorExit) and "outputs" not in chain
@@ -152,7 +152,7 @@ async def test_a_cancelled_observed_stream_ends_its_chain_run_with_an_error() ->
     started = asyncio.Event()
 
     async def consume() -> None:
-        async with aclosing(observed_chain(50, delay_ms=20).astream_messages(
+        async with aclosing(observed_chain(50, delay_ms=20).astream_text(
                 {"message": "hi"}, {"callbacks": [recorder]})) as stream:
             async for _ in stream:
                 started.set()

@@ -3,8 +3,8 @@
 A surface configures it with `StreamOptions` and an encoding (an `EventFormat`); the core knows neither which
 model is behind the chain nor how the events look on the wire.
 
-A generation is one task: it iterates the chain's message chunks (`ChatChain.astream_messages`: the model's own
-token stream when nothing else listens), encodes each event once and appends it to its run
+A generation is one task: it iterates the chain's text stream (`ChatChain.astream_text`: the model's own token
+stream when nothing else listens, plain strings from our models), encodes each event once and appends it to its run
 (chains.api.runs.run). Listeners — the request that started it, and any that join later with `Last-Event-ID` —
 follow the run, each from its own position, and send everything new in one write. Buffering (`buffer_size`
 tokens per event, flushed after `flush_ms`) and the timeouts are timers, nothing per token but the time of the
@@ -24,7 +24,6 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from langchain_core.messages import AIMessageChunk
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -32,7 +31,7 @@ from chains.api.errors import describe_failure
 from chains.api.events import DoneEvent, ErrorEvent, EventFormat, StartEvent, Usage
 from chains.api.runs.run import CancelReason, Listener, Run, RunStatus, new_run_id
 from chains.chat import ChatChain
-from chains.models.base import UsageMeter, usage_meter
+from chains.models.base import StreamEnd, TextStream, UsageMeter, usage_meter
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +133,11 @@ class Generation:
         usage_meter.set(self.meter)  # this task's context: the model counts into it
         terminal: tuple[bytes, RunStatus] | tuple[bytes, RunStatus, str]
         try:
-            async with aclosing(chain.astream_messages(chain_input)) as chunks:
+            async with aclosing(chain.astream_text(chain_input)) as items:
                 if self.options.buffer_size == 1:
-                    await self._send_each(chunks)
+                    await self._send_each(items)
                 else:
-                    await self._send_grouped(chunks)
+                    await self._send_grouped(items)
             self._flush()
             terminal = self._done("completed"), "completed"
         except asyncio.CancelledError:
@@ -192,36 +191,35 @@ class Generation:
             return self.fmt.error(self._next_id(), self.interrupted), "failed"
         return self._done("cancelled"), "cancelled"  # a cancel, or the event loop closing
 
-    async def _send_each(self, chunks: AsyncIterator[AIMessageChunk]) -> None:
+    async def _send_each(self, items: TextStream) -> None:
         # The hot path: one encode and one append per token.
         run, fmt, texts = self.run, self.fmt, self.texts
         event_id, seq, count = run.event_id, self.seq, self.token_count
         try:
-            async for chunk in chunks:
-                if chunk.content:
-                    text = chunk.text
-                    texts.append(text)
-                    seq += 1
-                    count += 1
-                    self._token_time()
-                    run.append(fmt.tokens(event_id(seq), text, count))
-                if chunk.response_metadata or chunk.usage_metadata:  # only on the last chunks
-                    self._note_metadata(chunk)
+            async for text in items:
+                if isinstance(text, StreamEnd):
+                    self._note_end(text)
+                    continue
+                texts.append(text)
+                seq += 1
+                count += 1
+                self._token_time()
+                run.append(fmt.tokens(event_id(seq), text, count))
         finally:  # however it ends (a cancel, a failure), the terminal event follows the last token sent
             self.seq, self.token_count = seq, count
 
-    async def _send_grouped(self, chunks: AsyncIterator[AIMessageChunk]) -> None:
+    async def _send_grouped(self, items: TextStream) -> None:
         pending, buffer_size, loop = self.pending, self.options.buffer_size, self.loop
-        async for chunk in chunks:
-            if chunk.content:
-                pending.append(chunk.text)
-                self._token_time()
-                if len(pending) >= buffer_size:
-                    self._flush()
-                elif self.flush_after is not None and self.flush_timer is None:
-                    self.flush_timer = loop.call_later(self.flush_after, self._flush)
-            if chunk.response_metadata or chunk.usage_metadata:
-                self._note_metadata(chunk)
+        async for text in items:
+            if isinstance(text, StreamEnd):
+                self._note_end(text)
+                continue
+            pending.append(text)
+            self._token_time()
+            if len(pending) >= buffer_size:
+                self._flush()
+            elif self.flush_after is not None and self.flush_timer is None:
+                self.flush_timer = loop.call_later(self.flush_after, self._flush)
 
     def _token_time(self) -> None:
         now = self.loop.time()
@@ -250,12 +248,11 @@ class Generation:
         self.seq += 1
         return self.run.event_id(self.seq)
 
-    def _note_metadata(self, chunk: AIMessageChunk) -> None:
-        usage = chunk.usage_metadata
-        if usage:
-            self.usage = Usage(prompt_tokens=usage["input_tokens"], completion_tokens=usage["output_tokens"],
-                               total_tokens=usage["total_tokens"])
-        self.finish_reason = chunk.response_metadata.get("finish_reason") or self.finish_reason
+    def _note_end(self, end: StreamEnd) -> None:
+        if end.prompt_tokens is not None and end.completion_tokens is not None:
+            self.usage = Usage(prompt_tokens=end.prompt_tokens, completion_tokens=end.completion_tokens,
+                               total_tokens=end.prompt_tokens + end.completion_tokens)
+        self.finish_reason = end.finish_reason
 
     def _usage(self) -> Usage | None:
         """What the model reported at its end, else what it counted so far (a stopped generation has no end)."""

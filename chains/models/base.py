@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -54,8 +56,49 @@ class UsageMeter:
 usage_meter: ContextVar[UsageMeter | None] = ContextVar("usage_meter", default=None)
 
 
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The last item of a text stream: why the reply ended and what it used (None: not reported)."""
+
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+# What the streaming core reads of a model: each token's text as a plain `str`, then one `StreamEnd`. LangChain's
+# chunk objects are pydantic models (~8 µs each to build): on a path that only needs the text they are most of
+# what a paced token costs.
+TextStream = AsyncIterator[str | StreamEnd]
+
+
 class StreamedChatModel(BaseChatModel):
-    """A reply is its concatenated stream: `_stream`/`_astream` are the model, `invoke` is built on them."""
+    """A reply is its concatenated stream: `astream_text` is the model; LangChain's `_astream`, `_generate` and
+    `invoke` are built on it (the sync `_stream` is each model's own)."""
+
+    @property
+    def reported_model_name(self) -> str:
+        """`model_name` in the last chunk's response metadata."""
+        return self._llm_type
+
+    async def astream_text(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                           **kwargs: Any) -> TextStream:
+        """The reply's text, token by token, then its `StreamEnd`. `kwargs`: what LangChain passes per call."""
+        raise NotImplementedError
+        yield  # pragma: no cover - makes this an async generator for type checkers
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any
+                       ) -> AsyncIterator[ChatGenerationChunk]:
+        async with aclosing(self.astream_text(messages, stop, **kwargs)) as items:
+            async for item in items:
+                if isinstance(item, StreamEnd):
+                    yield final_chunk(item.prompt_tokens or 0, item.completion_tokens or 0,
+                                      item.finish_reason or "stop", self.reported_model_name)
+                    continue
+                chunk = token_chunk(item)
+                if run_manager:
+                    await run_manager.on_llm_new_token(item, chunk=chunk)
+                yield chunk
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:

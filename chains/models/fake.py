@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
 
-from chains.models.base import StreamedChatModel, UsageMeter, final_chunk, token_chunk, usage_meter
+from chains.models.base import (
+    StreamedChatModel, StreamEnd, TextStream, UsageMeter, final_chunk, token_chunk, usage_meter,
+)
 
 SCRIPT: tuple[str, ...] = ("Hello", ",", " world", "!", "\n", "你好", "，", "世界", " 🙂", "\r\n", "line", " two", ".")
 
@@ -72,13 +74,8 @@ class ScriptedChatModel(StreamedChatModel):
             yield chunk
         yield self._final_chunk(messages)
 
-    async def _astream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
+    async def astream_text(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                           **kwargs: Any) -> TextStream:
         delay = self.token_delay_ms / 1000
         meter = usage_meter.get() or UsageMeter()
         meter.prompt_tokens = self._prompt_tokens(messages)
@@ -86,9 +83,6 @@ class ScriptedChatModel(StreamedChatModel):
             self._maybe_fail(i)
             if delay and i:
                 await asyncio.sleep(delay)
-            chunk = token_chunk(token)
-            if run_manager:
-                await run_manager.on_llm_new_token(token, chunk=chunk)
             meter.completion_tokens = i + 1
-            yield chunk
-        yield self._final_chunk(messages)
+            yield token
+        yield StreamEnd("stop", meter.prompt_tokens, self.reply_tokens)

@@ -13,12 +13,12 @@ import codecs
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
 import llama_cpp
@@ -26,20 +26,11 @@ from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from pydantic import ConfigDict, PrivateAttr
 
-from chains.models.base import ModelOverloadedError, StreamedChatModel, UsageMeter, final_chunk, token_chunk, usage_meter
+from chains.models.base import (
+    ModelOverloadedError, StreamedChatModel, StreamEnd, TextStream, UsageMeter, final_chunk, token_chunk, usage_meter,
+)
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "chat": "user", "tool": "tool"}
-
-
-class _Done:
-    """Sent by the decode thread after its last token: carries usage and why decoding ended."""
-
-    __slots__ = ("prompt_tokens", "completion_tokens", "finish_reason")
-
-    def __init__(self, prompt_tokens: int, completion_tokens: int, finish_reason: str) -> None:
-        self.prompt_tokens = prompt_tokens
-        self.completion_tokens = completion_tokens
-        self.finish_reason = finish_reason
 
 
 class QueueObserver(Protocol):
@@ -129,13 +120,13 @@ class LlamaCppChatModel(StreamedChatModel):
 
     def _decode(self, messages: list[dict[str, str]], params: dict[str, Any], stop_flag: threading.Event,
                 emit: Callable[[object], None], submitted: float = 0.0) -> None:
-        """Runs on the decode thread: emits text as it becomes whole characters, then a `_Done`, or the exception.
+        """Runs on the decode thread: emits text as it becomes whole characters, then a `StreamEnd`, or the exception.
 
         Our own loop over `Llama.generate` rather than `create_completion`: it counts the tokens themselves (llama.cpp
         holds back an incomplete UTF-8 character, so one piece of text can be several tokens), decodes each token's
         bytes once (create_completion re-detokenizes the whole reply per token), and stops between tokens.
         """
-        terminal: object = None  # the _Done or the exception, sent once the model is free again
+        terminal: object = None  # the StreamEnd or the exception, sent once the model is free again
         observer = self._queue_observer
         if observer is not None:
             observer.decode_started(time.perf_counter() - submitted)
@@ -180,7 +171,7 @@ class LlamaCppChatModel(StreamedChatModel):
                 tail = stops.flush(utf8.decode(b"", final=True))
                 if tail:
                     emit(tail)
-            terminal = _Done(len(tokens), produced, finish_reason)
+            terminal = StreamEnd(finish_reason, len(tokens), produced)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
             terminal = exc
         finally:
@@ -220,17 +211,17 @@ class LlamaCppChatModel(StreamedChatModel):
         """What the decode thread sent, as a chunk: text, or the last (usage, finish reason); its failure raised."""
         if isinstance(item, str):
             return token_chunk(item)
-        if isinstance(item, _Done):
-            return final_chunk(item.prompt_tokens, item.completion_tokens, item.finish_reason, self.model_path.name)
+        if isinstance(item, StreamEnd):
+            return final_chunk(item.prompt_tokens or 0, item.completion_tokens or 0, item.finish_reason or "stop",
+                               self.reported_model_name)
         raise item  # type: ignore[misc]
 
-    async def _astream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
+    @property
+    def reported_model_name(self) -> str:
+        return self.model_path.name
+
+    async def astream_text(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                           **kwargs: Any) -> TextStream:
         loop = asyncio.get_running_loop()
         tokens: asyncio.Queue[object] = asyncio.Queue()
         stop_flag = threading.Event()
@@ -242,12 +233,13 @@ class LlamaCppChatModel(StreamedChatModel):
         try:
             while True:
                 item = await tokens.get()
-                chunk = self._chunk_of(item)
-                if run_manager and isinstance(item, str):
-                    await run_manager.on_llm_new_token(item, chunk=chunk)
-                yield chunk
-                if isinstance(item, _Done):
+                if isinstance(item, str):
+                    yield item
+                elif isinstance(item, StreamEnd):
+                    yield item
                     return
+                else:
+                    raise item  # type: ignore[misc]
         finally:
             # The consumer stopped (finished, broke off, or was cancelled): decoding stops at the next token.
             stop_flag.set()
@@ -269,7 +261,7 @@ class LlamaCppChatModel(StreamedChatModel):
                 if run_manager and isinstance(item, str):
                     run_manager.on_llm_new_token(item, chunk=chunk)
                 yield chunk
-                if isinstance(item, _Done):
+                if isinstance(item, StreamEnd):
                     return
         finally:
             stop_flag.set()
