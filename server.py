@@ -7,6 +7,9 @@ limits); `uvicorn server:app` serves it too.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from chains import limits
@@ -24,6 +27,7 @@ from chains.api.runs.store import build_run_store
 from chains.api.sign_in import sign_in_router
 from chains.chat import build_chains
 from chains.hosting import http_protocol
+from chains.hosting.heap import settle_heap
 from chains.hosting.static import mount_playgrounds
 from chains.middleware import install as install_middleware
 from chains.middleware.auth import FailedAuth, KeyMatcher
@@ -49,7 +53,13 @@ def create_app(settings: Settings) -> FastAPI:
     keys = (KeyMatcher(settings.api_keys), FailedAuth(settings.auth_failure_limit, settings.auth_failure_window)
             ) if settings.api_keys else None
 
-    app = FastAPI(title="Token streaming", version="0.1.0", responses=ERROR_RESPONSES, lifespan=runs.lifespan,
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settle_heap()  # the app is loaded: what it keeps for its life leaves the garbage collector's sight
+        async with runs.lifespan(app):
+            yield
+
+    app = FastAPI(title="Token streaming", version="0.1.0", responses=ERROR_RESPONSES, lifespan=lifespan,
                   description="LangChain chat chains streamed over HTTP: LangServe routes and typewriter front ends.")
     app.state.tracing = tracing  # its spans, for a test, with OTEL_TRACES_EXPORTER=memory
     install_middleware(app, settings, admission, keys, tracing)
