@@ -64,10 +64,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.tracing = tracing  # its spans, for a test, with OTEL_TRACES_EXPORTER=memory
     install_middleware(app, settings, admission, keys, tracing)
     install_error_handlers(app)
-    mount_chains(app, chains)
+    # The streaming routes first: a request is matched against the routes in order, and LangServe's chains
+    # add ~80 of them.
     app.include_router(chat_router(ChatServing(chains, settings, runs)))
     app.include_router(runs_router(runs))
     app.include_router(openai_router(OpenAIServing(chains, settings, runs)))
+    mount_chains(app, chains)
     if keys is not None:
         app.include_router(sign_in_router(*keys))
     app.include_router(meta_router(settings, admission, runs.store))

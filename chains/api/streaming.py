@@ -31,6 +31,7 @@ from chains.api.errors import describe_failure
 from chains.api.events import DoneEvent, ErrorEvent, EventFormat, StartEvent, Usage
 from chains.api.runs.run import CancelReason, Listener, Run, RunStatus, new_run_id
 from chains.chat import ChatChain
+from chains.middleware.scope import BODY_SEND
 from chains.models.base import StreamEnd, TextStream, UsageMeter, usage_meter
 
 log = logging.getLogger(__name__)
@@ -345,8 +346,9 @@ class TokenStreamResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         self.last_sent = asyncio.get_running_loop().time()
-        tasks = (asyncio.ensure_future(self._send_events(send)), asyncio.ensure_future(self._watch_disconnect(receive)),
-                 asyncio.ensure_future(self._heartbeat(send)))
+        chunks = scope.get(BODY_SEND, send)  # past the middleware, which watch only the start and the end
+        tasks = (asyncio.ensure_future(self._send_events(chunks, send)),
+                 asyncio.ensure_future(self._watch_disconnect(receive)), asyncio.ensure_future(self._heartbeat(chunks)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -362,11 +364,11 @@ class TokenStreamResponse(StreamingResponse):
         if sending in done and not sending.cancelled() and sending.exception() is not None:
             raise sending.exception()  # type: ignore[misc]
 
-    async def _send_events(self, send: Send) -> None:
+    async def _send_events(self, send_chunk: Send, send: Send) -> None:
         loop = asyncio.get_running_loop()
         async with aclosing(self.body_iterator) as events:  # type: ignore[type-var]
             async for chunk in events:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send_chunk({"type": "http.response.body", "body": chunk, "more_body": True})
                 self.last_sent = loop.time()
         self.finished = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -65,10 +65,9 @@ class RequestLimits:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        too_large = refuse(413, "body_too_large", f"the body is larger than MAX_BODY_BYTES={self.max_body_bytes}")
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            await too_large(scope, receive, send)
+            await self._too_large()(scope, receive, send)
             return
         body = bytearray()
         while True:  # read it all here, bounded, then hand it on
@@ -77,7 +76,7 @@ class RequestLimits:
                 return
             body += message.get("body", b"")
             if len(body) > self.max_body_bytes:
-                await too_large(scope, receive, send)
+                await self._too_large()(scope, receive, send)
                 return
             if not message.get("more_body", False):
                 break
@@ -103,6 +102,9 @@ class RequestLimits:
             return await receive()  # then the real channel: the disconnect watch needs it
 
         await self.app(scope, replay, send)
+
+    def _too_large(self) -> JSONResponse:
+        return refuse(413, "body_too_large", f"the body is larger than MAX_BODY_BYTES={self.max_body_bytes}")
 
     def _json_problem(self, content_type: bytes, body: bytes) -> JSONResponse | None:
         if content_type.split(b";")[0].strip().lower() != b"application/json":

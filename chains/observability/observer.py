@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -44,13 +44,38 @@ class Record(Protocol):
     completion_tokens: int | None
 
 
-class _Stream:
-    """The handle of one generation: its metric label values, its span, its client."""
+class _Series:
+    """The metric series of one (route, chain, provider, model): looked up once, not at every stream's end
+    (`labels()` costs a few microseconds a call, and a stream's end records eight of them)."""
 
-    __slots__ = ("values", "span", "client")
+    __slots__ = ("open", "duration", "first_token", "per_token", "longest_gap", "input_tokens", "output_tokens",
+                 "endings", "values")
 
-    def __init__(self, values: tuple[str, str, str, str], span: Span | None, client: str) -> None:
+    def __init__(self, values: tuple[str, str, str, str]) -> None:
         self.values = values
+        self.open = metrics.streams_open.labels(*values)
+        self.duration = metrics.operation_duration.labels(*values)
+        self.first_token = metrics.time_to_first_token.labels(*values)
+        self.per_token = metrics.time_per_output_token.labels(*values)
+        self.longest_gap = metrics.longest_gap.labels(*values)
+        self.input_tokens = metrics.token_usage.labels(*values, "input")
+        self.output_tokens = metrics.token_usage.labels(*values, "output")
+        self.endings: dict[str, Any] = {}
+
+    def ending(self, reason: str) -> Any:
+        counter = self.endings.get(reason)
+        if counter is None:
+            counter = self.endings[reason] = metrics.stream_endings.labels(*self.values, reason)
+        return counter
+
+
+class _Stream:
+    """The handle of one generation: its metric series, its span, its client."""
+
+    __slots__ = ("series", "span", "client")
+
+    def __init__(self, series: _Series, span: Span | None, client: str) -> None:
+        self.series = series
         self.span = span
         self.client = client
 
@@ -64,9 +89,14 @@ class StreamsObserved:
     tracing: Tracing | None = None
     json_log: bool = False
 
+    series: dict[tuple[str, str], _Series] = field(default_factory=dict)  # by (route, chain): a bounded set
+
     def stream_started(self, labels: Labels) -> _Stream:
-        values = (labels.route, labels.chain, self.provider, self.model)
-        metrics.streams_open.labels(*values).inc()
+        series = self.series.get((labels.route, labels.chain))
+        if series is None:
+            series = self.series[labels.route, labels.chain] = _Series(
+                (labels.route, labels.chain, self.provider, self.model))
+        series.open.inc()
         span = None
         if self.tracing is not None:
             # A child of the request's span: the current context is the request's (chains.middleware.observe).
@@ -79,7 +109,7 @@ class StreamsObserved:
             # upstream call is the span's child (its traceparent). The request's middleware restores the context
             # when the request ends.
             otel_context.attach(set_span_in_context(span))
-        return _Stream(values, span, client_address.get())
+        return _Stream(series, span, client_address.get())
 
     def first_token(self, handle: object) -> None:
         span = handle.span  # type: ignore[attr-defined]
@@ -88,20 +118,20 @@ class StreamsObserved:
 
     def stream_ended(self, handle: object, record: Record) -> None:
         stream: _Stream = handle  # type: ignore[assignment]
-        values = stream.values
-        metrics.streams_open.labels(*values).dec()
-        metrics.stream_endings.labels(*values, record.ending).inc()
-        metrics.operation_duration.labels(*values).observe(record.seconds)
+        series = stream.series
+        series.open.dec()
+        series.ending(record.ending).inc()
+        series.duration.observe(record.seconds)
         if record.time_to_first_token is not None:
-            metrics.time_to_first_token.labels(*values).observe(record.time_to_first_token)
+            series.first_token.observe(record.time_to_first_token)
         if record.time_per_output_token is not None:
-            metrics.time_per_output_token.labels(*values).observe(record.time_per_output_token)
+            series.per_token.observe(record.time_per_output_token)
         if record.longest_gap is not None:
-            metrics.longest_gap.labels(*values).observe(record.longest_gap)
+            series.longest_gap.observe(record.longest_gap)
         if record.prompt_tokens is not None:
-            metrics.token_usage.labels(*values, "input").observe(record.prompt_tokens)
+            series.input_tokens.observe(record.prompt_tokens)
         if record.completion_tokens is not None:
-            metrics.token_usage.labels(*values, "output").observe(record.completion_tokens)
+            series.output_tokens.observe(record.completion_tokens)
         if stream.span is not None:
             self._end_span(stream.span, record)
         stream_log.info(self.log_line(record, stream.client))
