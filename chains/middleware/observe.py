@@ -80,6 +80,7 @@ class ObserveRequests:
         try:
             await self.app(scope, receive, observing_send)
         finally:
+            del scope[BODY_SEND]  # the scope refers to the send and the send to the scope: no cycle left behind
             status = int(answer["status"])  # type: ignore[call-overload]
             kind = error_type(status, answer["body"]) if status >= 400 else ""  # type: ignore[arg-type]
             route = route_template(scope)
