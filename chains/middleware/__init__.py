@@ -2,7 +2,7 @@
 streams). `install` puts them in their one order; each `add_middleware` wraps the ones before it, so the last
 added is the outermost:
 
-    ObserveRequests → CORS → AnswerFailures → ApiKeyAuth → RequestLimits → PathLimits → LangServeBodies → StreamsPerClient
+    BodySendInScope → ObserveRequests → CORS → AnswerFailures → ApiKeyAuth → RequestLimits → PathLimits → LangServeBodies → StreamsPerClient
          → ModelAdmission → CancelWhenClientLeaves → the routes
 """
 
@@ -15,6 +15,7 @@ from chains.middleware.admission import ModelAdmission
 from chains.middleware.answer_failures import AnswerFailures
 from chains.middleware.auth import ApiKeyAuth, FailedAuth, KeyMatcher
 from chains.middleware.body_limits import RequestLimits
+from chains.middleware.body_send import BodySendInScope
 from chains.middleware.cancel_when_client_leaves import CancelWhenClientLeaves
 from chains.middleware.langserve_bodies import LangServeBodies
 from chains.middleware.observe import ObserveRequests
@@ -42,4 +43,5 @@ def install(app: FastAPI, settings: Settings, admission: AdmissionQueue | None,
     app.add_middleware(CORSMiddleware, allow_origin_regex=settings.cors_origin_regex, allow_methods=["*"],
                        allow_headers=["*"], allow_credentials=True,
                        expose_headers=["X-Run-Id"])  # a page on an allowed origin can resume or cancel its run
-    app.add_middleware(ObserveRequests, tracing=tracing)  # outermost: every refusal is counted
+    app.add_middleware(ObserveRequests, tracing=tracing)  # every refusal is counted
+    app.add_middleware(BodySendInScope)  # outermost: streams send their chunks straight to it

@@ -13,7 +13,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_contex
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chains.api.errors import ErrorType
-from chains.middleware.scope import BODY_SEND, client_address
+from chains.middleware.scope import client_address
 from chains.observability import metrics
 from chains.observability.observer import client_address as client_address_var
 from chains.observability.tracing import Tracing
@@ -67,7 +67,6 @@ class ObserveRequests:
                 answer["body"] += message.get("body", b"")  # type: ignore[operator]
             await send(message)
 
-        scope[BODY_SEND] = send  # a stream's body chunks come straight here (chains.middleware.scope)
         client_token = client_address_var.set(client_address(scope))
         span = context_token = None
         if self.tracing is not None:
@@ -80,7 +79,6 @@ class ObserveRequests:
         try:
             await self.app(scope, receive, observing_send)
         finally:
-            del scope[BODY_SEND]  # the scope refers to the send and the send to the scope: no cycle left behind
             status = int(answer["status"])  # type: ignore[call-overload]
             kind = error_type(status, answer["body"]) if status >= 400 else ""  # type: ignore[arg-type]
             route = route_template(scope)

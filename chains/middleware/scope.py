@@ -13,9 +13,9 @@ PROTOCOL_MARK = "chains.http_protocol"
 # Set by ApiKeyAuth when a request's key is valid: a fingerprint of the key (never the key), the owner of its runs.
 API_KEY_ID = "chains.api_key_id"
 
-# Set by ObserveRequests, the outermost of ours: its own `send`. A stream's body chunks go straight to it
-# (chains.api.streaming), past every middleware inside, each of which would add a call per token: so a middleware
-# here may watch `http.response.start` and the last body message (`more_body` false), never the chunks between.
+# Set by BodySendInScope, the outermost of ours: its own `send`. A stream's body chunks go straight to it
+# (chains.api.streaming), past every middleware inside: a middleware here may watch `http.response.start` and the
+# last body message (`more_body` false), never the chunks between (chains.middleware.body_send).
 BODY_SEND = "chains.body_send"
 
 MODEL_ENDPOINTS = ("/invoke", "/batch", "/stream", "/stream_log", "/stream_events")
