@@ -7,6 +7,7 @@ limits); `uvicorn server:app` serves it too.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -56,8 +57,12 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settle_heap()  # the app is loaded: what it keeps for its life leaves the garbage collector's sight
-        async with runs.lifespan(app):
-            yield
+        try:
+            async with runs.lifespan(app):
+                yield
+        finally:
+            if tracing is not None:  # the spans still queued are exported before the process ends
+                await asyncio.to_thread(tracing.provider.shutdown)
 
     app = FastAPI(title="Token streaming", version="0.1.0", responses=ERROR_RESPONSES, lifespan=lifespan,
                   description="LangChain chat chains streamed over HTTP: LangServe routes and typewriter front ends.")

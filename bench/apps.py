@@ -129,3 +129,4 @@ def ours_unobserved() -> Starlette:
     server.observe = lambda *args, **kwargs: None  # type: ignore[assignment]
     server.install_middleware = install_unobserved  # type: ignore[assignment]
     return server.create_app(load_settings())
+

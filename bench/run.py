@@ -4,7 +4,7 @@ B1 stack cost — events/s of a 5,000-token reply from a zero-delay model: a bar
    tutorial's handler, LangServe `/stream`, our `/chat` with the in-memory run store, with runs kept by no store,
    and with the Redis run store (a real redis-server on loopback); our `/v1/chat/completions` streaming (OpenAI's
    chunks, token chunks counted), next to `/chat`; what observing costs: our `/chat` with nothing recorded (off),
-   as it is (metrics on), and with tracing on too (OTEL_TRACES_EXPORTER=memory: spans to an in-process sink).
+   as it is (metrics on), and with tracing on too (the OTLP exporter and batch processor, to a loopback receiver).
 Runs — resume latency (reconnect with Last-Event-ID → first replayed event, p50/p99), in memory and through another
    replica over Redis; memory per finished run kept for replay.
 B2 embedded model — tokens/s and time to first token: llama-cpp-python in-process vs `/chat` and
@@ -53,7 +53,6 @@ PROMPT = "Write a long story about a dragon who learns to bake bread. Make it at
 SYSTEM_PROMPT = "你是一个有用的助手"
 # Our app built by a factory in bench/apps.py (served with our request-line protocol, as the launcher serves it).
 FACTORIES = ("bench.apps:ours_without_a_store", "bench.apps:ours_unobserved")
-TRACED = {"OTEL_TRACES_EXPORTER": "memory"}  # tracing on, spans exported to the in-process sink
 
 
 @dataclass
@@ -134,10 +133,10 @@ def serve(target: str, **env: str) -> Iterator[Server]:
     harness (tests/support/servers.py: its own process group and log, an explicit environment, no `.env`)."""
     port = free_port()
     workers = int(env.get("BENCH_WORKERS", "1"))
-    name = "bench-" + (target.rsplit(":", 1)[1] if target.startswith("bench.") else "ours")  # its log's name
+    name = "bench-" + (target.rsplit(":", 1)[1] if target.startswith(("bench.", "tests.")) else "ours")  # its log
     if "RUN_STORE_URL" in env:
         name += "-redis"
-    if "OTEL_TRACES_EXPORTER" in env:
+    if "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" in env:
         name += "-traced"
     metrics_dir = None
     if target == "server:app":  # ours, as `make run` serves it; the baselines under plain uvicorn
@@ -199,10 +198,26 @@ def redis_server() -> Iterator[str]:
         stop_process(redis)
 
 
+@contextmanager
+def trace_sink() -> Iterator[tuple[dict[str, str], Callable[[], int]]]:
+    """Tracing on as a deployment has it: the SDK's OTLP exporter and batch processor (the export is encoded and
+    sent on the processor's thread), to an OTLP/HTTP receiver on loopback that counts the spans and keeps nothing
+    (`tests.otlp_receiver:counting`). Yields the settings that turn it on and a count of the spans received so far
+    (a traced run that exported nothing would have measured nothing)."""
+    import urllib.request
+
+    with serve("tests.otlp_receiver:counting") as sink:
+        def received() -> int:
+            with urllib.request.urlopen(sink.url + "/_spans?count", timeout=10) as answer:
+                return int(answer.read())
+
+        yield {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": sink.url + "/v1/traces"}, received
+
+
 def b1(sizes: Sizes) -> dict[str, Any]:
     n = sizes.b1_tokens
     fake = {"CHAT_PROVIDER": "fake", "FAKE_REPLY_TOKENS": str(n)}
-    with redis_server() as redis_url:
+    with redis_server() as redis_url, trace_sink() as (traced, spans_received):
         contestants: list[tuple[str, str, dict[str, str], str, str, Any]] = [
             ("ceiling", "bench.apps:ceiling", {"BENCH_TOKENS": str(n)}, "GET", "/stream", None),
             ("tutorial", "bench.apps:tutorial", {"BENCH_TOKENS": str(n)}, "POST", "/chat?message=hi", None),
@@ -214,7 +229,7 @@ def b1(sizes: Sizes) -> dict[str, Any]:
              {"model": "system-prompt", "messages": [{"role": "user", "content": "hi"}], "stream": True}),
             # What observing costs: nothing recorded (off); `ours` is metrics on; tracing on besides.
             ("ours_unobserved", "bench.apps:ours_unobserved", fake, "POST", "/chat", {"message": "hi"}),
-            ("ours_traced", "server:app", {**fake, **TRACED}, "POST", "/chat", {"message": "hi"}),
+            ("ours_traced", "server:app", {**fake, **traced}, "POST", "/chat", {"message": "hi"}),
         ]
         rates: dict[str, list[float]] = {name: [] for name, *_ in contestants}
         for name, target, env, method, path, body in contestants:
@@ -222,7 +237,9 @@ def b1(sizes: Sizes) -> dict[str, Any]:
                 events_per_second(server.port, method, path, body, n)  # warm-up
                 for _ in range(sizes.runs):
                     rates[name].append(events_per_second(server.port, method, path, body, n))
+        exported = spans_received()
     return {name: summary(values) for name, values in rates.items()} | {
+        "traced_spans_received": exported,
         "ours_vs_ceiling": summary([o / c for o, c in zip(rates["ours"], rates["ceiling"])]),
         "ours_vs_langserve": summary([o / s for o, s in zip(rates["ours"], rates["langserve"])]),
         "ours_vs_tutorial": summary([o / t for o, t in zip(rates["ours"], rates["tutorial"])]),
@@ -437,8 +454,30 @@ def ours_with_workers(workers: int) -> str:
 
 
 def b3(sizes: Sizes) -> dict[str, Any]:
-    tokens, delay = sizes.b3_tokens, sizes.b3_delay_ms
     raise_open_file_limit(max(sizes.b3_streams) + 256)  # + the process's own files, its listening sockets, logs
+    with trace_sink() as (traced, spans_received):
+        out = _b3_runs(sizes, traced)
+        out[str(sizes.b3_observed_streams)]["traced_spans_received"] = spans_received()
+    for by_name in out.values():
+        ceiling = by_name["ceiling"]["p99_ms"]["median"]
+        ours = by_name["ours"]["p99_ms"]["median"]
+        by_name["ours_p99_vs_ceiling"] = ours / ceiling
+        if "langserve" in by_name:
+            by_name["ours_p99_vs_langserve"] = ours / by_name["langserve"]["p99_ms"]["median"]
+        scaling = {str(workers): by_name[ours_with_workers(workers)]["p99_ms"]["median"] / ceiling
+                   for workers in sizes.b3_workers if ours_with_workers(workers) in by_name}
+        if len(scaling) > 1:  # our p99 gap ÷ the one-worker ceiling's, by workers
+            by_name["workers_p99_vs_ceiling"] = scaling
+        if "ours_unobserved" in by_name:  # on ÷ off, of the p99 gap: lower is better, 1 is free
+            off = by_name["ours_unobserved"]["p99_ms"]["median"]
+            by_name["metrics_p99_vs_off"] = ours / off
+            by_name["tracing_p99_vs_off"] = by_name["ours_traced"]["p99_ms"]["median"] / off
+    return out
+
+
+def _b3_runs(sizes: Sizes, traced: dict[str, str]) -> dict[str, Any]:
+    """Every contestant at each of its sizes, `sizes.runs` times: {N: {name: {figure: summary}}}."""
+    tokens, delay = sizes.b3_tokens, sizes.b3_delay_ms
     paced = {"CHAT_PROVIDER": "fake", "FAKE_REPLY_TOKENS": str(tokens), "FAKE_TOKEN_DELAY_MS": str(delay),
              "MAX_STREAMS_PER_CLIENT": "0"}
     chat = ("POST", "/chat", {"message": "hi"})
@@ -454,7 +493,7 @@ def b3(sizes: Sizes) -> dict[str, Any]:
            sizes.b3_worker_streams) for workers in sizes.b3_workers if workers != 1),
         # What observing costs: nothing recorded (off), and tracing on besides the metrics.
         ("ours_unobserved", "bench.apps:ours_unobserved", paced, *chat, observed),
-        ("ours_traced", "server:app", {**paced, **TRACED}, *chat, observed),
+        ("ours_traced", "server:app", {**paced, **traced}, *chat, observed),
     ]
     out: dict[str, Any] = {}
     for name, target, env, method, path, body, stream_counts in contestants:
@@ -466,20 +505,6 @@ def b3(sizes: Sizes) -> dict[str, Any]:
             for streams in stream_counts:
                 runs = [concurrent_run(server, streams, request, tokens) for _ in range(sizes.runs)]
                 out.setdefault(str(streams), {})[name] = {key: summary([run[key] for run in runs]) for key in runs[0]}
-    for by_name in out.values():
-        ceiling = by_name["ceiling"]["p99_ms"]["median"]
-        ours = by_name["ours"]["p99_ms"]["median"]
-        by_name["ours_p99_vs_ceiling"] = ours / ceiling
-        if "langserve" in by_name:
-            by_name["ours_p99_vs_langserve"] = ours / by_name["langserve"]["p99_ms"]["median"]
-        scaling = {str(workers): by_name[ours_with_workers(workers)]["p99_ms"]["median"] / ceiling
-                   for workers in sizes.b3_workers if ours_with_workers(workers) in by_name}
-        if len(scaling) > 1:  # our p99 gap ÷ the one-worker ceiling's, by workers
-            by_name["workers_p99_vs_ceiling"] = scaling
-        if "ours_unobserved" in by_name:  # on ÷ off, of the p99 gap: lower is better, 1 is free
-            off = by_name["ours_unobserved"]["p99_ms"]["median"]
-            by_name["metrics_p99_vs_off"] = ours / off
-            by_name["tracing_p99_vs_off"] = by_name["ours_traced"]["p99_ms"]["median"] / off
     return out
 
 
@@ -551,7 +576,7 @@ def report(results: dict[str, Any], sizes: Sizes) -> str:
                         ("ours_redis", "our `/chat`, Redis run store"),
                         ("ours_v1", "our `/v1/chat/completions`, streaming"),
                         ("ours_unobserved", "our `/chat`, nothing recorded (off)"),
-                        ("ours_traced", "our `/chat`, metrics and tracing on (in-process sink)")):
+                        ("ours_traced", "our `/chat`, metrics and tracing on (OTLP to a loopback sink)")):
         ratio = r1[name]["median"] / r1["ceiling"]["median"]
         lines.append(f"| {label} | {fmt(r1[name])} | {ratio:.2f}× |")
     runs_ = results["runs"]
@@ -561,7 +586,8 @@ def report(results: dict[str, Any], sizes: Sizes) -> str:
               f"store {fmt(r1['redis_store_vs_no_store'], 2)} (goal ≥ 0.5) · `/v1/chat/completions` ÷ `/chat` "
               f"{fmt(r1['v1_vs_chat'], 2)} (goal ≥ 0.9)",
               f"observing: metrics on ÷ off {fmt(r1['metrics_vs_off'], 2)} (goal ≥ 0.95) · metrics and tracing on ÷ "
-              f"off {fmt(r1['tracing_vs_off'], 2)} (goal ≥ 0.9)", "",
+              f"off {fmt(r1['tracing_vs_off'], 2)} (goal ≥ 0.9); spans the sink received: "
+              f"{r1['traced_spans_received']:,}", "",
               f"**Runs** — resume (reconnect with `Last-Event-ID` → first replayed event), {sizes.resumes} resumes: "
               f"in-memory p50 {runs_['resume_memory']['p50_ms']:.1f} ms / p99 {runs_['resume_memory']['p99_ms']:.1f} ms"
               f"; Redis, through another replica, p50 {runs_['resume_redis_other_replica']['p50_ms']:.1f} ms / p99 "
@@ -601,7 +627,8 @@ def report(results: dict[str, Any], sizes: Sizes) -> str:
                   for w, ratio in v["workers_p99_vs_ceiling"].items())
                 for n, v in r3.items() if "workers_p99_vs_ceiling" in v),
               *(f"N={n}, what observing costs (p99 gap, on ÷ off; lower is better, 1.00 is free): metrics "
-                f"{v['metrics_p99_vs_off']:.2f}, metrics and tracing {v['tracing_p99_vs_off']:.2f}"
+                f"{v['metrics_p99_vs_off']:.2f}, metrics and tracing {v['tracing_p99_vs_off']:.2f} (spans the sink "
+                f"received: {v['traced_spans_received']:,})"
                 for n, v in r3.items() if "metrics_p99_vs_off" in v),
               "load client (one asyncio process), the most of one core it used in any run: " + ", ".join(
                   f"N={n} {max(row['client_core_share']['max'] for row in stream_rows(v).values()):.0%}"
