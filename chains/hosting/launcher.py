@@ -21,6 +21,9 @@ PROTOCOL = "chains.hosting.http_protocol:Utf8RequestLineProtocol"
 # Streams get their terminal event at once on SIGTERM; this bounds how long a client that does not read may
 # keep the process alive after that.
 GRACEFUL_SHUTDOWN_SECONDS = 10
+# Connections the kernel queues before the app accepts them (uvicorn's default is 2,048): a burst of 2,000 clients
+# filled that to within 48 places while one busy worker streamed. The kernel caps it at net.core.somaxconn.
+BACKLOG = 4096
 
 
 def command(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, quiet: bool = False,
@@ -40,7 +43,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, quiet: bo
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chains-metrics-")
     try:
-        uvicorn.run(APP, host=host, port=port, workers=workers, http=PROTOCOL,
+        uvicorn.run(APP, host=host, port=port, workers=workers, http=PROTOCOL, backlog=BACKLOG,
                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
                     log_level="warning" if quiet else "info", access_log=not quiet)
     finally:
