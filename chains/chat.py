@@ -135,10 +135,10 @@ class ChatChain(Runnable[Any, str]):
 
     Streamed through LangChain's runnable machinery, every token costs tens of microseconds: callback managers,
     chunk copies and accumulation in each of the sequence's three steps. When nobody listens (no callbacks, no
-    tracing: `/chat`, `RemoteRunnable.astream` without events), `astream` and `astream_text` take the
-    model's own token stream instead (plain text from our models), which yields the same tokens. With callbacks (LangServe's
-    `/stream_log`, `/stream_events`, its `/stream`, a tracer) everything runs through the sequence as usual, and
-    `astream_text` reports one run for the chain with the model's run inside it.
+    tracing: `/chat`, `RemoteRunnable.astream` without events), `astream` and `astream_text` take the model's
+    own token stream instead (plain text from our models), which yields the same tokens. With callbacks
+    (LangServe's `/stream_log`, `/stream_events`, its `/stream`, a tracer) everything runs through the sequence
+    as usual, and `astream_text` reports one run for the chain with the model's run inside it.
     """
 
     def __init__(self, prompt: Callable[[Any], list[BaseMessage]], model: BaseChatModel, input_type: Any,

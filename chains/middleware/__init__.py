@@ -2,8 +2,8 @@
 streams). `install` puts them in their one order; each `add_middleware` wraps the ones before it, so the last
 added is the outermost:
 
-    BodySendInScope → ObserveRequests → CORS → AnswerFailures → ApiKeyAuth → RequestLimits → PathLimits → LangServeBodies → StreamsPerClient
-         → ModelAdmission → CancelWhenClientLeaves → the routes
+    BodySendInScope → ObserveRequests → CORS → AnswerFailures → ApiKeyAuth → RequestLimits → PathLimits
+        → LangServeBodies → StreamsPerClient → ModelAdmission → CancelWhenClientLeaves → the routes
 """
 
 from __future__ import annotations

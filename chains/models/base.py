@@ -72,8 +72,8 @@ TextStream = AsyncIterator[str | StreamEnd]
 
 
 class StreamedChatModel(BaseChatModel):
-    """A reply is its concatenated stream: `astream_text` is the model; LangChain's `_astream`, `_generate` and
-    `invoke` are built on it (the sync `_stream` is each model's own)."""
+    """A reply is its concatenated stream: `astream_text` is the model, and LangChain's `_astream` and `_agenerate`
+    are built on it; `_stream` (each model's own, sync) is what `_generate` and `invoke` are built on."""
 
     @property
     def reported_model_name(self) -> str:
