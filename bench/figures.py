@@ -177,9 +177,9 @@ def draw_b1_rates(context: Context) -> Figure | None:
         return None
     names = [name for name, value in b1.items() if "_vs_" not in name and isinstance(value, dict)]
     ceiling = b1["ceiling"]["median"] if "ceiling" in b1 else None
-    tokens = context.sizes.get("b1_tokens", 5000)
+    tokens, replies = context.sizes.get("b1_tokens", 5000), context.sizes.get("b1_replies", 1)
     figure, axes = new_figure("B1: stack cost, events per second (higher is better)",
-                              f"one {tokens:,}-token reply from a zero-delay model · {context.caption}",
+                              f"{tokens:,}-token replies from a zero-delay model, {replies} a run · {context.caption}",
                               width=8.5, height=1.6 + 0.42 * len(names))
     positions = list(range(len(names)))[::-1]  # the first contestant at the top
     medians = [b1[name]["median"] for name in names]
