@@ -116,7 +116,7 @@ $(JS_CLIENT_STAMP): tests/js/package.json tests/js/package-lock.json
 test: $(TESTDEPS) chromium playground $(JS_CLIENT_STAMP)
 	$(BIN)/python -m pytest
 
-# Benchmarks (bench/run.py, bench/README.md): prints a markdown table, writes bench/results/latest.json. ~10 minutes
+# Benchmarks (bench/run.py, bench/README.md): prints a markdown table, writes bench/results/latest.json. ~15 minutes
 # on 2 cores, plus ~35 for the loop rate and, the first time, ~15 to compile the two other llama.cpp builds.
 BENCHDEPS := $(VENV)/.bench-installed
 $(BENCHDEPS): pyproject.toml $(TESTDEPS)
