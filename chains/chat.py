@@ -193,18 +193,14 @@ class ChatChain(Runnable[Any, str]):
                 if not isinstance(item, StreamEnd):
                     yield item
 
-    async def astream_text(self, input: Any, config: RunnableConfig | None = None) -> TextStream:
-        """The reply's text token by token (non-empty `str`s), then one `StreamEnd`: usage and finish reason."""
+    def astream_text(self, input: Any, config: RunnableConfig | None = None) -> TextStream:
+        """The reply's text token by token (non-empty `str`s), then one `StreamEnd`: usage and finish reason. Our
+        models' own stream is returned as it is: no generator of ours between it and the streaming core."""
         if _observed(config):
-            stream = _text_of_chunks(self._astream_observed(input, config))
-        elif isinstance(self.model, StreamedChatModel):  # ours: plain text, no chunk object per token
-            stream = self.model.astream_text(self.prompt(input), **self.model_params)
-        else:
-            stream = _text_of_chunks(_messages_of(self.model._astream(self.prompt(input), **self.model_params)))
-        async with aclosing(stream) as items:
-            async for item in items:
-                if item:  # an empty text is no token; a StreamEnd is always true
-                    yield item
+            return _text_of_chunks(self._astream_observed(input, config))
+        if isinstance(self.model, StreamedChatModel):  # ours: plain text, no chunk object per token
+            return self.model.astream_text(self.prompt(input), **self.model_params)
+        return _text_of_chunks(_messages_of(self.model._astream(self.prompt(input), **self.model_params)))
 
     async def _astream_observed(self, input: Any, config: RunnableConfig | None) -> AsyncIterator[AIMessageChunk]:
         """`astream_text` when something listens: a run for this chain (its name, the chain input in, the reply

@@ -82,7 +82,8 @@ class StreamedChatModel(BaseChatModel):
 
     async def astream_text(self, messages: list[BaseMessage], stop: list[str] | None = None,
                            **kwargs: Any) -> TextStream:
-        """The reply's text, token by token, then its `StreamEnd`. `kwargs`: what LangChain passes per call."""
+        """The reply's text, token by token (each a non-empty `str`: the streaming core sends each as a token
+        event), then its `StreamEnd`. `kwargs`: what LangChain passes per call."""
         raise NotImplementedError
         yield  # pragma: no cover - makes this an async generator for type checkers
 

@@ -121,17 +121,12 @@ class StreamsObserved:
         series = stream.series
         series.open.dec()
         series.ending(record.ending).inc()
-        series.duration.observe(record.seconds)
-        if record.time_to_first_token is not None:
-            series.first_token.observe(record.time_to_first_token)
-        if record.time_per_output_token is not None:
-            series.per_token.observe(record.time_per_output_token)
-        if record.longest_gap is not None:
-            series.longest_gap.observe(record.longest_gap)
-        if record.prompt_tokens is not None:
-            series.input_tokens.observe(record.prompt_tokens)
-        if record.completion_tokens is not None:
-            series.output_tokens.observe(record.completion_tokens)
+        for histogram, value in ((series.duration, record.seconds), (series.first_token, record.time_to_first_token),
+                                 (series.per_token, record.time_per_output_token),
+                                 (series.longest_gap, record.longest_gap), (series.input_tokens, record.prompt_tokens),
+                                 (series.output_tokens, record.completion_tokens)):
+            if value is not None:  # not measured (no first token, one token only, no usage reported)
+                histogram.observe(value)
         if stream.span is not None:
             self._end_span(stream.span, record)
         stream_log.info(self.log_line(record, stream.client))
