@@ -298,3 +298,19 @@ def test_two_workers_serve_every_route() -> None:
         assert set(answered_by) == set(workers), f"requests answered by {answered_by}, workers {workers}"
     finally:
         stop_process(live)
+
+
+def test_the_listen_queue_holds_a_burst_of_4096_connections() -> None:
+    """A burst of clients waits in the kernel's accept queue while a busy worker streams: the launcher asks for
+    4,096 places (uvicorn's default, 2,048, left 48 at 2,000 connections), as many as the kernel allows."""
+    from chains.hosting.launcher import BACKLOG
+
+    server = start_app("backlog")
+    try:
+        port = server.url.rsplit(":", 1)[1]
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                                   check=True).stdout.split()
+        allowed = int(Path("/proc/sys/net/core/somaxconn").read_text())
+        assert BACKLOG == 4096 and int(listening[2]) == min(BACKLOG, allowed)  # LISTEN: Send-Q is the backlog
+    finally:
+        stop_process(server)
