@@ -13,10 +13,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from chains import limits
 from chains.api.chat.router import chat_router
 from chains.api.chat.serving import ChatServing
-from chains.api.errors import ERROR_RESPONSES, install_error_handlers
 from chains.api.langserve import mount_chains
 from chains.api.meta import meta_router
 from chains.api.metrics import metrics_router
@@ -24,42 +22,54 @@ from chains.api.openai.router import openai_router
 from chains.api.openai.serving import OpenAIServing
 from chains.api.runs.router import runs_router
 from chains.api.runs.serving import RunServing
-from chains.api.runs.store import build_run_store
 from chains.api.sign_in import sign_in_router
-from chains.chat import build_chains
-from chains.hosting import http_protocol
+from chains.common.keys import FailedAuth, KeyMatcher
+from chains.common.responses import ERROR_RESPONSES, install_error_handlers
+from chains.common.settings import ConfigError, Settings, load_settings
 from chains.hosting.heap import settle_heap
+from chains.hosting.http_protocol import (
+    LIMITS_STATE,
+    LIVE_STREAMS_STATE,
+    ConnectionLimits,
+)
 from chains.hosting.static import mount_playgrounds
 from chains.middleware import install as install_middleware
-from chains.middleware.auth import FailedAuth, KeyMatcher
 from chains.models import build_chat_model
 from chains.models.base import admission_queue
 from chains.observability.observer import observe
 from chains.observability.tracing import tracing_from_environment
-from chains.settings import ConfigError, Settings, load_settings
+from chains.observability.upstream import observed_async_client
+from chains.runnables import limits
+from chains.runnables.chat import build_chains
+from chains.streaming.generation import LiveStreams
+from chains.streaming.store import build_run_store
 
 
 def create_app(settings: Settings) -> FastAPI:
-    model = build_chat_model(settings)
+    upstream_client = observed_async_client(settings.openai_model) if settings.provider == "openai" else None
+    model = build_chat_model(settings, upstream_client)
     chains = build_chains(model, settings.system_prompt)
     admission = admission_queue(model)  # the local model's wait queue; None for the others
     tracing = tracing_from_environment()  # off unless OTEL_* turns it on
     observer = observe(settings.provider, settings.model_name, settings.temperature, settings.max_tokens,
                        settings.log_format == "json", tracing, model)
-    runs = RunServing(build_run_store(settings), settings.sse_heartbeat_seconds, observer)
+    live = LiveStreams()  # ended at shutdown by the request-line protocol, which gets it from the lifespan state
+    runs = RunServing(build_run_store(settings), settings.sse_heartbeat_seconds, observer, live)
     limits.configure(max_input_chars=settings.max_input_chars, max_messages=settings.max_messages)
-    http_protocol.configure(max_header_bytes=settings.max_header_bytes, header_timeout=settings.header_timeout,
-                            body_timeout=settings.body_timeout, min_body_rate=settings.min_body_rate,
-                            max_connections=settings.max_connections)
+    connection_limits = ConnectionLimits(
+        max_header_bytes=settings.max_header_bytes, header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout, min_body_rate=settings.min_body_rate,
+        max_connections=settings.max_connections)
     keys = (KeyMatcher(settings.api_keys), FailedAuth(settings.auth_failure_limit, settings.auth_failure_window)
             ) if settings.api_keys else None
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, object]]:
         settle_heap()  # the app is loaded: what it keeps for its life leaves the garbage collector's sight
         try:
             async with runs.lifespan(app):
-                yield
+                # uvicorn hands this state to every connection's protocol (chains.hosting.http_protocol).
+                yield {LIMITS_STATE: connection_limits, LIVE_STREAMS_STATE: live}
         finally:
             if tracing is not None:  # the spans still queued are exported before the process ends
                 await asyncio.to_thread(tracing.provider.shutdown)

@@ -97,9 +97,9 @@ def ours_without_a_store() -> Starlette:
     runs are kept by no store (no resume, no cancel by id, no bounds). The stream is the same code: a generation
     writing into a run, a listener following it. B1 compares it with the in-memory and the Redis store."""
     import server
-    from chains.api.runs.run import OnDisconnect, Run, new_run_id
-    from chains.api.runs.store import MemoryRunStore, RunLimits
-    from chains.settings import load_settings
+    from chains.common.settings import load_settings
+    from chains.streaming.run import OnDisconnect, Run, new_run_id
+    from chains.streaming.store import MemoryRunStore, RunLimits
 
     class UnkeptRuns(MemoryRunStore):
         async def create(self, owner: str | None, on_disconnect: OnDisconnect) -> Run:
@@ -117,8 +117,8 @@ def ours_unobserved() -> Starlette:
     reads nothing. B1 and B3 compare it with our app as it is (metrics on) and with OTEL_TRACES_EXPORTER=memory
     (metrics and tracing on, spans exported to the in-process sink)."""
     import server
+    from chains.common.settings import load_settings
     from chains.middleware.observe import ObserveRequests
-    from chains.settings import load_settings
 
     install = server.install_middleware
 

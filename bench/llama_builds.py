@@ -106,7 +106,7 @@ def measure(site: Path | None, model_path: Path, max_tokens: int, runs: int) -> 
 
 
 def compare(max_tokens: int = 128, runs: int = 5) -> dict[str, Any]:
-    from chains.settings import embedded_model_path
+    from chains.common.settings import embedded_model_path
 
     model_path = embedded_model_path()
     assert model_path is not None

@@ -45,8 +45,8 @@ def loops(text: str) -> bool:
 
 def loop_rate(sampling: dict[str, float], temperature: float, max_tokens: int, seeds: tuple[int, ...] = SEEDS,
               prompts: list[str] = PROMPTS) -> dict[str, Any]:
+    from chains.common.settings import DEFAULT_SYSTEM_PROMPT, embedded_model_path
     from chains.models.local import LlamaCppChatModel
-    from chains.settings import DEFAULT_SYSTEM_PROMPT, embedded_model_path
 
     path = embedded_model_path()
     assert path is not None
@@ -65,7 +65,7 @@ def loop_rate(sampling: dict[str, float], temperature: float, max_tokens: int, s
 
 
 def compare(max_tokens: int = 256, prompts: list[str] = PROMPTS, seeds: tuple[int, ...] = SEEDS) -> dict[str, Any]:
-    from chains.settings import Settings
+    from chains.common.settings import Settings
 
     defaults = Settings.model_fields
     new_sampling = {name: defaults[f"local_{name}"].default for name in OLD_SAMPLING}

@@ -43,7 +43,13 @@ from pathlib import Path
 from typing import Any
 
 from chains.hosting import launcher
-from tests.support.servers import LiveServer, clean_env, free_port, start_process, stop_process
+from tests.support.servers import (
+    LiveServer,
+    clean_env,
+    free_port,
+    start_process,
+    stop_process,
+)
 from tests.support.sse import StreamResult, sse_request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -345,8 +351,8 @@ def b2(sizes: Sizes) -> dict[str, Any]:
     from langchain_core.messages import HumanMessage, SystemMessage
     from llama_cpp import Llama
 
+    from chains.common.settings import embedded_model_path, load_settings
     from chains.models import build_chat_model
-    from chains.settings import embedded_model_path, load_settings
 
     threads = str(os.cpu_count() or 1)
     messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": PROMPT}]
@@ -751,7 +757,9 @@ def write_results(results: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     try:
-        from bench import figures  # matplotlib: the bench extra (`make bench` installs it)
+        from bench import (
+            figures,  # matplotlib: the bench extra (`make bench` installs it)
+        )
     except ImportError as exc:
         print(f"no figures: {exc} (pip install -e '.[bench]')", file=sys.stderr)
         return

@@ -11,9 +11,18 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from chains.settings import embedded_model_path
+from chains.common.settings import embedded_model_path
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.support.servers import LiveServer, clean_env, free_port, start_app, start_process, start_upstream, stop_all, stop_process
+from tests.support.servers import (
+    LiveServer,
+    clean_env,
+    free_port,
+    start_app,
+    start_process,
+    start_upstream,
+    stop_all,
+    stop_process,
+)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

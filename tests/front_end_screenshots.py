@@ -11,8 +11,8 @@ from __future__ import annotations
 from playwright.sync_api import sync_playwright
 
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.support.servers import ROOT, start_app, stop_process
 from tests.front_end_chat import PAGES, Chat
+from tests.support.servers import ROOT, start_app, stop_process
 
 OUT = ROOT / "playground" / "screenshots"
 SHOTS = {

@@ -28,7 +28,7 @@ from langchain_core.runnables import RunnableLambda
 from playwright.sync_api import sync_playwright
 
 from chains.api.langserve import cancel_batches_together
-from chains.models.local import ModelOverloadedError
+from chains.common.errors import ModelOverloadedError
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.servers import LiveServer, free_port, start_app, stop_process
 

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from chains.middleware import auth
-from chains.middleware.auth import FailedAuth, KeyMatcher, presented_key
+from chains.common import keys
+from chains.common.keys import FailedAuth, KeyMatcher
+from chains.middleware.auth import presented_key
 
 KEY = "k3y-Alpha-7Q2x9Zr4"
 OTHER = "second-key-5d1c"
@@ -70,7 +71,7 @@ def test_every_key_is_compared_whichever_matches(match: KeyMatcher, monkeypatch:
         calls.append((len(a), len(b)))
         return real(a, b)
 
-    monkeypatch.setattr(auth.hmac, "compare_digest", counting)
+    monkeypatch.setattr(keys.hmac, "compare_digest", counting)
     for candidate in (KEY, OTHER, NON_ASCII, "wrong", "", KEY * 1000):
         calls.clear()
         match(candidate)

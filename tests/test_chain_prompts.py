@@ -7,9 +7,13 @@ import sys
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from chains.chat import conversation_chain, single_turn_chain, system_prompt_chain
+from chains.common.settings import DEFAULT_SYSTEM_PROMPT
 from chains.models.fake import ScriptedChatModel
-from chains.settings import DEFAULT_SYSTEM_PROMPT
+from chains.runnables.chat import (
+    conversation_chain,
+    single_turn_chain,
+    system_prompt_chain,
+)
 from tests.support.servers import ROOT, clean_env
 
 MODEL = ScriptedChatModel(reply_tokens=3)

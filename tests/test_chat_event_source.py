@@ -6,7 +6,6 @@ from playwright.sync_api import Page
 
 from tests.support.sse import run_positions
 
-
 COLLECT = """
 async (query) => new Promise((resolve, reject) => {
   const events = [];

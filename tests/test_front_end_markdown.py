@@ -19,9 +19,15 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.support.servers import ROOT, LiveServer, start_app, start_upstream, stop_process
 from tests.front_end_chat import PAGES, Chat
 from tests.markdown_upstream import CODE, REPLY, XSS_FLAGS
+from tests.support.servers import (
+    ROOT,
+    LiveServer,
+    start_app,
+    start_upstream,
+    stop_process,
+)
 
 PLAYGROUND = ROOT / "playground"
 # vendored file → (npm package, its file in the package, the pinned version)

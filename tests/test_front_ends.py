@@ -15,11 +15,18 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from chains.common.settings import DEFAULT_SYSTEM_PROMPT
 from chains.models.fake import scripted_tokens
-from chains.settings import DEFAULT_SYSTEM_PROMPT
 from tests.browser import squash
-from tests.support.servers import ARTIFACTS, ROOT, LiveServer, first_token_seconds, start_app, stop_process
 from tests.front_end_chat import PAGES, Chat
+from tests.support.servers import (
+    ARTIFACTS,
+    ROOT,
+    LiveServer,
+    first_token_seconds,
+    start_app,
+    stop_process,
+)
 
 FAKE_REPLY = "".join(scripted_tokens(20))  # fake_server's reply, whatever the prompt
 LONG_FAKE_TOKENS = 200

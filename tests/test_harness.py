@@ -15,8 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chains.settings import DEFAULT_SYSTEM_PROMPT
-from tests.support.servers import ROOT, clean_env, group_members, start_app, stop_process
+from chains.common.settings import DEFAULT_SYSTEM_PROMPT
+from tests.support.servers import (
+    ROOT,
+    clean_env,
+    group_members,
+    start_app,
+    stop_process,
+)
 
 # A test run in miniature: starts a server through the harness, says which processes it made, then waits to be
 # killed (as pytest was, by a segfault, when five servers were found orphaned 50 minutes later).
@@ -122,8 +128,8 @@ def test_a_settings_file_is_read_only_when_the_test_names_it(tmp_path: Path, mon
 
 
 def test_without_env_file_the_settings_would_read_dot_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Why the harness sets ENV_FILE="": a `.env` in the working directory is otherwise read (chains.settings)."""
-    from chains.settings import load_settings
+    """Why the harness sets ENV_FILE="": a `.env` in the working directory is otherwise read (chains.common.settings)."""
+    from chains.common.settings import load_settings
 
     (tmp_path / ".env").write_text("SYSTEM_PROMPT=from a developer's .env\n")
     monkeypatch.chdir(tmp_path)

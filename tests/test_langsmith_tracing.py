@@ -16,9 +16,9 @@ import httpx
 import pytest
 from langchain_core.callbacks import AsyncCallbackHandler
 
-from chains.chat import system_prompt_chain
 from chains.models.base import StreamEnd
 from chains.models.fake import ScriptedChatModel, scripted_tokens
+from chains.runnables.chat import system_prompt_chain
 from tests.support.servers import start_app, start_upstream, stop_process
 
 MESSAGE = "langsmith-probe-question"

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 from langserve import RemoteRunnable
 
-from tests.support.sse import run_positions, sse_request
 from chains.models.fake import scripted_tokens
 from tests.support.servers import LiveServer, start_app, stop_process
+from tests.support.sse import run_positions, sse_request
 
 pytestmark = pytest.mark.load
 TOKENS = scripted_tokens(20)

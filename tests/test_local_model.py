@@ -7,10 +7,16 @@ import time
 from pathlib import Path
 
 import pytest
-from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+)
 
-from chains.models.local import LlamaCppChatModel, ModelOverloadedError, StopStrings
-from chains.settings import DEFAULT_SYSTEM_PROMPT
+from chains.common.errors import ModelOverloadedError
+from chains.common.settings import DEFAULT_SYSTEM_PROMPT
+from chains.models.local import LlamaCppChatModel, StopStrings
 
 PROMPT = [HumanMessage("Write a short poem about the sea.")]
 # At temperature 0 the embedded model writes on until max_tokens for this one (~20 s for 2,000 tokens).

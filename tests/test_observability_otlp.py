@@ -9,7 +9,14 @@ import sys
 
 import httpx
 
-from tests.support.servers import HOST, clean_env, free_port, start_app, start_process, stop_process
+from tests.support.servers import (
+    HOST,
+    clean_env,
+    free_port,
+    start_app,
+    start_process,
+    stop_process,
+)
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"

@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 from opentelemetry.trace import SpanKind, StatusCode
 
-from chains.settings import load_settings
+from chains.common.settings import load_settings
 from tests.support.servers import LiveServer
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"

@@ -8,8 +8,8 @@ from langchain_core.messages import HumanMessage
 from langchain_openai import ChatOpenAI
 from langserve import RemoteRunnable
 
+from chains.common.settings import load_settings
 from chains.models import build_chat_model
-from chains.settings import load_settings
 from tests.support.sse import parse_sse
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
-
 from chains.settings import Settings, settings_table
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,10 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.sse import sse_request
 from chains.models.fake import scripted_tokens
 from tests.support.servers import LiveServer, start_app, stop_process
-from tests.support.sse import parse_sse
+from tests.support.sse import parse_sse, sse_request
 
 SECRET = "sk-test-secret-0123456789"
 

@@ -10,8 +10,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support.servers import LiveServer, first_token_seconds, start_app, stop_process
 from tests.support.runs import read_events, runs_started, tokens
+from tests.support.servers import (
+    LiveServer,
+    first_token_seconds,
+    start_app,
+    stop_process,
+)
 from tests.support.sse import Event, SSEDecoder, run_positions
 from tests.test_chat_cancellation import LONG
 

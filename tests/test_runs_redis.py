@@ -15,11 +15,18 @@ import httpx
 import pytest
 
 from chains.hosting import launcher
-from tests.support.servers import (
-    HOST, ROOT, LiveServer, clean_env, free_port, start_app, start_redis, stop_process,
-)
 from tests.support.runs import read_events as read_sse_events
 from tests.support.runs import runs_started, tokens
+from tests.support.servers import (
+    HOST,
+    ROOT,
+    LiveServer,
+    clean_env,
+    free_port,
+    start_app,
+    start_redis,
+    stop_process,
+)
 from tests.support.sse import Event, SSEDecoder
 
 TOKENS = 40

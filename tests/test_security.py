@@ -11,8 +11,8 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.support.sse import sse_request
 from tests.support.servers import LiveServer, start_app, stop_process
+from tests.support.sse import sse_request
 
 KEYS = ("key-one-3f9a7c", "key-two-b81d44")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chains.settings import ConfigError, load_settings
+from chains.common.settings import ConfigError, load_settings
 from tests.support.servers import ROOT, clean_env
 
 

@@ -11,7 +11,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import get_config_list
 from langserve import add_routes
 
-from chains.chat import ChatChain
+from chains.runnables.chat import ChatChain
 
 
 def mount_chains(app: FastAPI, chains: dict[str, ChatChain]) -> None:

@@ -8,9 +8,9 @@ import os
 from fastapi import APIRouter
 from fastapi.responses import RedirectResponse
 
-from chains.api.runs.store import RunStore
+from chains.common.settings import Settings
 from chains.models.base import AdmissionQueue
-from chains.settings import Settings
+from chains.streaming.store import RunStore
 
 
 def meta_router(settings: Settings, admission: AdmissionQueue | None, runs: RunStore) -> APIRouter:

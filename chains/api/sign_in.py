@@ -7,9 +7,9 @@ from urllib.parse import parse_qs, urlsplit
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from chains.api.errors import refuse
-from chains.middleware.auth import COOKIE, FailedAuth, KeyMatcher
-from chains.middleware.scope import client_address
+from chains.common.keys import COOKIE, FailedAuth, KeyMatcher
+from chains.common.responses import refuse
+from chains.common.scope import client_address
 
 SIGN_IN_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

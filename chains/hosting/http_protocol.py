@@ -19,6 +19,10 @@ Limits (uvicorn's httptools protocol has none of them; the settings are in chain
 It also tells the streaming core when the server starts shutting down, so that every open stream ends with a
 terminal event and a clean close (uvicorn calls `shutdown()` on each connection after SIGTERM).
 
+Its limits and the streams to end come from the app, not from module state: uvicorn hands every connection the
+state that the app's lifespan yields (`app_state`), and server.py's lifespan yields the `ConnectionLimits` built
+from its settings and its `LiveStreams` under the keys below. An app that yields neither gets the defaults.
+
 The launcher (chains.hosting.launcher, `make run`) serves the app with it.
 """
 
@@ -33,9 +37,9 @@ from dataclasses import dataclass
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from chains.api.errors import RETRY_AFTER_SECONDS, ErrorType, error_body
-from chains.api.streaming import end_all_streams
-from chains.middleware.scope import PROTOCOL_MARK
+from chains.common.errors import RETRY_AFTER_SECONDS, ErrorType, error_body
+from chains.common.scope import PROTOCOL_MARK
+from chains.streaming.generation import LiveStreams
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,7 @@ BODY_RATE_GRACE_SECONDS = 5.0
 LINGER_SECONDS = 1.0  # after a refusal, how long what the client still sends is read and dropped
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConnectionLimits:
     max_header_bytes: int = 65_536
     header_timeout: float = 10.0
@@ -53,15 +57,10 @@ class ConnectionLimits:
     max_connections: int = 2048
 
 
-LIMITS = ConnectionLimits()
-
-
-def configure(**limits: float) -> None:
-    """Set once at start-up by server.create_app, from the settings (every worker imports it before serving)."""
-    for name, value in limits.items():
-        if not hasattr(LIMITS, name):
-            raise TypeError(f"unknown connection limit {name}")
-        setattr(LIMITS, name, value)
+# The keys of the lifespan state this protocol reads (server.py's lifespan yields them).
+LIMITS_STATE = "chains.connection_limits"
+LIVE_STREAMS_STATE = "chains.live_streams"
+DEFAULT_LIMITS = ConnectionLimits()
 
 
 def _percent_encode(match: re.Match[bytes]) -> bytes:
@@ -74,10 +73,10 @@ class _Refused(Exception):
 
 class Utf8RequestLineProtocol(HttpToolsProtocol):
     _at_request_start = True
-    _streams_ended = False  # per process: set when the server starts shutting down
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.limits: ConnectionLimits = self.app_state.get(LIMITS_STATE, DEFAULT_LIMITS)
         self._refused = False
         self._reading_head = True  # until the headers of the current request are complete
         self._head_bytes = 0
@@ -86,7 +85,7 @@ class Utf8RequestLineProtocol(HttpToolsProtocol):
         self._body_started = 0.0
         self._body_paused_for = 0.0  # seconds the app was not reading (not the client's fault)
         self._body_paused_since: float | None = None
-        self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(LIMITS.header_timeout, self._head_timed_out)
+        self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
         self._body_timer: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
 
@@ -134,7 +133,7 @@ class Utf8RequestLineProtocol(HttpToolsProtocol):
         # (its head bytes cannot be told from the previous request's body): at most one read over the cap.
         if self._reading_head and head_events == self._head_events:
             self._head_bytes += len(data)
-            if self._head_bytes > LIMITS.max_header_bytes:
+            if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse_head_too_large()
 
     def _invalid_request(self) -> None:
@@ -148,7 +147,7 @@ class Utf8RequestLineProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_events += 1
         if self._head_timer is None:  # a later request on a kept-alive connection: its head gets the same time
-            self._head_timer = self.loop.call_later(LIMITS.header_timeout, self._head_timed_out)
+            self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
         super().on_message_begin()
         self.scope["extensions"] = {PROTOCOL_MARK: {}}
 
@@ -160,11 +159,11 @@ class Utf8RequestLineProtocol(HttpToolsProtocol):
             self._head_timer = None
         # The parser hands over the head in pieces; counted whole here, a head that came in one read is capped too.
         head = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-        if head > LIMITS.max_header_bytes:
+        if head > self.limits.max_header_bytes:
             self._refuse_head_too_large()
             raise _Refused
-        if len(self.connections) > LIMITS.max_connections:
-            self._refuse(503, "too_many_connections", f"the server has MAX_CONNECTIONS={LIMITS.max_connections} "
+        if len(self.connections) > self.limits.max_connections:
+            self._refuse(503, "too_many_connections", f"the server has MAX_CONNECTIONS={self.limits.max_connections} "
                          "connections open; try again", retry_after=True)
             raise _Refused
         super().on_headers_complete()
@@ -172,7 +171,7 @@ class Utf8RequestLineProtocol(HttpToolsProtocol):
             self._body_bytes = 0
             self._body_started = self.loop.time()
             self._body_paused_for, self._body_paused_since = 0.0, None
-            self._arm_body_timer(min(BODY_RATE_GRACE_SECONDS, LIMITS.body_timeout))
+            self._arm_body_timer(min(BODY_RATE_GRACE_SECONDS, self.limits.body_timeout))
 
     def _expects_body(self) -> bool:
         for name, value in self.headers:
@@ -204,11 +203,11 @@ class Utf8RequestLineProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         self._refuse(408, "header_timeout", f"the request line and headers took longer than "
-                     f"HEADER_TIMEOUT={LIMITS.header_timeout:g}s")
+                     f"HEADER_TIMEOUT={self.limits.header_timeout:g}s")
 
     def _refuse_head_too_large(self) -> None:
         self._refuse(431, "headers_too_large", "the request line and headers are larger than "
-                     f"MAX_HEADER_BYTES={LIMITS.max_header_bytes}")
+                     f"MAX_HEADER_BYTES={self.limits.max_header_bytes}")
 
     def _arm_body_timer(self, delay: float) -> None:
         self._body_timer = self.loop.call_later(max(delay, 0.05), self._check_body)
@@ -229,20 +228,20 @@ class Utf8RequestLineProtocol(HttpToolsProtocol):
             self._body_paused_for += now - self._body_paused_since
             self._body_paused_since = None
         elapsed = now - self._body_started - self._body_paused_for
-        if LIMITS.min_body_rate and self._body_bytes < LIMITS.min_body_rate * elapsed:
+        if self.limits.min_body_rate and self._body_bytes < self.limits.min_body_rate * elapsed:
             self._refuse(408, "body_too_slow", f"the body arrived at {self._body_bytes / elapsed:.0f} bytes/s, "
-                         f"slower than MIN_BODY_RATE={LIMITS.min_body_rate}")
-        elif elapsed >= LIMITS.body_timeout:
-            self._refuse(408, "body_timeout", f"the body took longer than BODY_TIMEOUT={LIMITS.body_timeout:g}s")
+                         f"slower than MIN_BODY_RATE={self.limits.min_body_rate}")
+        elif elapsed >= self.limits.body_timeout:
+            self._refuse(408, "body_timeout", f"the body took longer than BODY_TIMEOUT={self.limits.body_timeout:g}s")
         else:
-            self._arm_body_timer(min(1.0, LIMITS.body_timeout - elapsed))
+            self._arm_body_timer(min(1.0, self.limits.body_timeout - elapsed))
 
     def shutdown(self) -> None:
-        # The server is shutting down (SIGTERM): every open stream ends now with its terminal event, once per
-        # process, before uvicorn waits for the connections to finish.
-        if not Utf8RequestLineProtocol._streams_ended:
-            Utf8RequestLineProtocol._streams_ended = True
-            end_all_streams()
+        # The server is shutting down (SIGTERM): every open stream ends now with its terminal event (once: every
+        # connection is told), before uvicorn waits for the connections to finish.
+        live: LiveStreams | None = self.app_state.get(LIVE_STREAMS_STATE)
+        if live is not None:
+            live.shut_down()
         super().shutdown()
 
     def _refuse(self, status: int, kind: ErrorType, message: str, retry_after: bool = False) -> None:

@@ -11,7 +11,6 @@ from fastapi import FastAPI
 from starlette.responses import RedirectResponse
 from starlette.staticfiles import StaticFiles
 
-
 PLAYGROUND = Path(__file__).resolve().parents[2] / "playground"
 
 

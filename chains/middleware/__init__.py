@@ -11,9 +11,11 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from chains.common.keys import FailedAuth, KeyMatcher
+from chains.common.settings import Settings
 from chains.middleware.admission import ModelAdmission
 from chains.middleware.answer_failures import AnswerFailures
-from chains.middleware.auth import ApiKeyAuth, FailedAuth, KeyMatcher
+from chains.middleware.auth import ApiKeyAuth
 from chains.middleware.body_limits import RequestLimits
 from chains.middleware.body_send import BodySendInScope
 from chains.middleware.cancel_when_client_leaves import CancelWhenClientLeaves
@@ -23,7 +25,6 @@ from chains.middleware.path_limits import PathLimits
 from chains.middleware.streams_per_client import StreamsPerClient
 from chains.models.base import AdmissionQueue
 from chains.observability.tracing import Tracing
-from chains.settings import Settings
 
 
 def install(app: FastAPI, settings: Settings, admission: AdmissionQueue | None,

@@ -6,14 +6,14 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chains.api.errors import failure_response
+from chains.common.responses import failure_response
 
 log = logging.getLogger(__name__)
 
 
 class AnswerFailures:
     """An exception that escapes a route: before the response has started, answered here with the status that
-    names its cause (chains.api.errors) and no exception text (an id that the log has too); the connection stays
+    names its cause (chains.common.errors) and no exception text (an id that the log has too); the connection stays
     usable. (Left to Starlette, the exception is re-raised after the 500 and uvicorn drops the connection.)
     After it has started — LangServe's stream endpoints send their `event: error` and then re-raise, and on
     SIGTERM sse-starlette stops them without a last body message — the response is ended properly instead of

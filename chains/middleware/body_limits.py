@@ -8,8 +8,8 @@ from itertools import accumulate
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chains.api.errors import refuse
-from chains.middleware.scope import PROTOCOL_MARK, runs_the_model
+from chains.common.responses import refuse
+from chains.common.scope import PROTOCOL_MARK, runs_the_model
 
 log = logging.getLogger(__name__)
 

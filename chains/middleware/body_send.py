@@ -2,7 +2,7 @@
 
 A token is one body message; each middleware that wraps `send` adds an awaited call to every one of them (six
 layers: ~10% of a paced token's CPU at 1,000 streams). The outermost middleware puts its own `send` in the scope
-(`chains.middleware.scope.BODY_SEND`) and `TokenStreamResponse` sends the chunks between the start and the last
+(`chains.common.scope.BODY_SEND`) and `TokenStreamResponse` sends the chunks between the start and the last
 body message straight to it. So a middleware inside may watch `http.response.start` and the last body message
 (`more_body` false), which still pass through every layer, but not the chunks between.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from chains.middleware.scope import BODY_SEND
+from chains.common.scope import BODY_SEND
 
 
 class BodySendInScope:

@@ -7,7 +7,7 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chains.middleware.scope import OPENAI_COMPLETIONS
+from chains.common.scope import OPENAI_COMPLETIONS
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chains.api.errors import invalid
-from chains.middleware.scope import MODEL_ENDPOINTS, MODEL_RUNS
-
+from chains.common.responses import invalid
+from chains.common.scope import MODEL_ENDPOINTS, MODEL_RUNS
 
 # What a client may send in LangServe's `config` without a 422. Routes are mounted with `config_keys=()`, so
 # nothing in `config` reaches a run; these rules only decide what is accepted quietly and what is refused

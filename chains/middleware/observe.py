@@ -12,8 +12,8 @@ from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chains.api.errors import ErrorType
-from chains.middleware.scope import client_address
+from chains.common.errors import ErrorType
+from chains.common.scope import client_address
 from chains.observability import metrics
 from chains.observability.observer import client_address as client_address_var
 from chains.observability.tracing import Tracing

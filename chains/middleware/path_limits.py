@@ -6,8 +6,7 @@ import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from chains.api.errors import refuse
-
+from chains.common.responses import refuse
 
 _CONFIG_HASH = re.compile(r"/c/([^/]*)")
 _PLAYGROUND_SUBDIRECTORY = re.compile(r"^/[^/]+/playground/.+/$")

@@ -6,8 +6,8 @@ from collections import Counter
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from chains.api.errors import refuse
-from chains.middleware.scope import MODEL_RUNS, client_address, runs_the_model
+from chains.common.responses import refuse
+from chains.common.scope import MODEL_RUNS, client_address, runs_the_model
 
 
 class StreamsPerClient:

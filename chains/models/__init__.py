@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from langchain_core.language_models import BaseChatModel
+from typing import Any
 
+from langchain_core.language_models import BaseChatModel
 from pydantic import ValidationError
 
-from chains.settings import ConfigError, Settings
+from chains.common.settings import ConfigError, Settings
+
+# The local model's sampling settings, each `LOCAL_<NAME>` passed on as the model's field of that name.
+LOCAL_SAMPLING = ("seed", "repeat_penalty", "repeat_last_n", "top_k", "top_p", "min_p")
 
 
-def build_chat_model(settings: Settings) -> BaseChatModel:
-    """The chat model the settings choose; imports only the chosen provider's code."""
+def build_chat_model(settings: Settings, http_async_client: Any | None = None) -> BaseChatModel:
+    """The chat model the settings choose; imports only the chosen provider's code. `http_async_client` is the
+    HTTP client an upstream is called with (server.py passes the observed one: traceparent, retries, failures);
+    None is the OpenAI SDK's default."""
     match settings.provider:
         case "openai":
             from langchain_openai import ChatOpenAI
-
-            from chains.observability.upstream import observed_async_client
 
             return ChatOpenAI(
                 model=settings.openai_model,
@@ -26,7 +30,7 @@ def build_chat_model(settings: Settings) -> BaseChatModel:
                 timeout=settings.openai_timeout,
                 max_retries=settings.openai_max_retries,
                 streaming=True,
-                http_async_client=observed_async_client(settings.openai_model),  # traceparent, retries, failures
+                http_async_client=http_async_client,
             )
         case "local":
             from chains.models.llama_probe import ensure_generation_works
@@ -45,12 +49,7 @@ def build_chat_model(settings: Settings) -> BaseChatModel:
                     n_threads=settings.local_threads,
                     n_ctx=settings.local_context,
                     queue_size=settings.local_queue_size,
-                    seed=settings.local_seed,
-                    repeat_penalty=settings.local_repeat_penalty,
-                    repeat_last_n=settings.local_repeat_last_n,
-                    top_k=settings.local_top_k,
-                    top_p=settings.local_top_p,
-                    min_p=settings.local_min_p,
+                    **{name: getattr(settings, f"local_{name}") for name in LOCAL_SAMPLING},
                 )
             except ValidationError as exc:  # loading happens in the model's validation
                 reason = exc.errors()[0]["msg"].removeprefix("Value error, ")

@@ -8,19 +8,17 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.language_models import BaseChatModel
-from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
+from langchain_core.language_models.chat_models import (
+    agenerate_from_stream,
+    generate_from_stream,
+)
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-
-
-class ModelOverloadedError(RuntimeError):
-    """More callers are waiting for a model than its queue allows."""
-
-    def __init__(self, waiting: int) -> None:
-        super().__init__(f"the local model is busy: {waiting} requests already waiting")
-        self.waiting = waiting
 
 
 @runtime_checkable

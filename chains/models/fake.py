@@ -15,7 +15,13 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
 
 from chains.models.base import (
-    StreamedChatModel, StreamEnd, TextStream, UsageMeter, final_chunk, token_chunk, usage_meter,
+    StreamedChatModel,
+    StreamEnd,
+    TextStream,
+    UsageMeter,
+    final_chunk,
+    token_chunk,
+    usage_meter,
 )
 
 SCRIPT: tuple[str, ...] = ("Hello", ",", " world", "!", "\n", "你好", "，", "世界", " 🙂", "\r\n", "line", " two", ".")

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from chains.settings import ConfigError
+from chains.common.settings import ConfigError
 
 PROBE_TIMEOUT_SECONDS = 120
 PROBE_TOKENS = 4

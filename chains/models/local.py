@@ -18,16 +18,23 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+import llama_cpp
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
-import llama_cpp
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from pydantic import ConfigDict, PrivateAttr
 
+from chains.common.errors import ModelOverloadedError
 from chains.models.base import (
-    ModelOverloadedError, StreamedChatModel, StreamEnd, TextStream, UsageMeter, final_chunk, token_chunk, usage_meter,
+    StreamedChatModel,
+    StreamEnd,
+    TextStream,
+    UsageMeter,
+    final_chunk,
+    token_chunk,
+    usage_meter,
 )
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "chat": "user", "tool": "tool"}

@@ -1,7 +1,5 @@
 """The streaming core's observer: each generation's metrics, its span and its one log line, at its start, first
-token and end (chains.api.streaming.StreamObserver; nothing per token).
-
-The core's labels and record are read by attribute, not imported: this package sits below the HTTP layer.
+token and end (chains.streaming.record.StreamObserver; nothing per token).
 """
 
 from __future__ import annotations
@@ -10,7 +8,7 @@ import logging
 import sys
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from opentelemetry import context as otel_context
@@ -18,30 +16,12 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_
 
 from chains.observability import metrics
 from chains.observability.tracing import Tracing
+from chains.streaming.record import StreamLabels, StreamRecord
 
 # The client's address, set by the request's middleware (chains.middleware.observe) for the log line.
 client_address: ContextVar[str] = ContextVar("client_address", default="")
 
 stream_log = logging.getLogger(__name__)  # chains.observability.observer
-
-
-class Labels(Protocol):
-    route: str
-    chain: str
-
-
-class Record(Protocol):
-    run_id: str
-    labels: Labels
-    ending: str
-    finish_reason: str | None
-    seconds: float
-    time_to_first_token: float | None
-    time_per_output_token: float | None
-    longest_gap: float | None
-    token_events: int
-    prompt_tokens: int | None
-    completion_tokens: int | None
 
 
 class _Series:
@@ -91,7 +71,7 @@ class StreamsObserved:
 
     series: dict[tuple[str, str], _Series] = field(default_factory=dict)  # by (route, chain): a bounded set
 
-    def stream_started(self, labels: Labels) -> _Stream:
+    def stream_started(self, labels: StreamLabels) -> _Stream:
         series = self.series.get((labels.route, labels.chain))
         if series is None:
             series = self.series[labels.route, labels.chain] = _Series(
@@ -116,7 +96,7 @@ class StreamsObserved:
         if span is not None:
             span.add_event("gen_ai.first_token")
 
-    def stream_ended(self, handle: object, record: Record) -> None:
+    def stream_ended(self, handle: object, record: StreamRecord) -> None:
         stream: _Stream = handle  # type: ignore[assignment]
         series = stream.series
         series.open.dec()
@@ -131,7 +111,7 @@ class StreamsObserved:
             self._end_span(stream.span, record)
         stream_log.info(self.log_line(record, stream.client))
 
-    def _end_span(self, span: Span, record: Record) -> None:
+    def _end_span(self, span: Span, record: StreamRecord) -> None:
         attributes: dict[str, Any] = {"gen_ai.response.finish_reasons": [record.finish_reason or record.ending],
                                       "chains.ending": record.ending, "chains.token_events": record.token_events}
         if record.prompt_tokens is not None:
@@ -146,7 +126,7 @@ class StreamsObserved:
         span.set_attributes(attributes)
         span.end()
 
-    def log_line(self, record: Record, client: str) -> str:
+    def log_line(self, record: StreamRecord, client: str) -> str:
         """One line per stream: what ended, how, how fast. Never the messages, never a key."""
         fields = {"event": "stream_end", "run_id": record.run_id, "route": record.labels.route,
                   "chain": record.labels.chain, "provider": self.provider, "model": self.model,

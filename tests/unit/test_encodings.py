@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from chains.api.chat.protocol import JsonEvents, RawText, data_lines
-from chains.api.events import DoneEvent, ErrorEvent, StartEvent, Usage
+from chains.streaming.events import DoneEvent, ErrorEvent, StartEvent, Usage
 from tests.support.sse import parse_sse
 
 JSON, RAW = JsonEvents(), RawText()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import gc
 
+from chains.common.settings import load_settings
 from chains.hosting.heap import THRESHOLDS
-from chains.settings import load_settings
 
 
 async def test_the_app_settles_the_heap_when_it_starts() -> None:

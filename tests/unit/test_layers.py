@@ -1,15 +1,24 @@
-"""Imports point one way: hosting → HTTP surface (chains/api, chains/middleware) → chains → models. Outside the
-HTTP and hosting folders no module under chains/ imports an HTTP framework or server, nor the layers above it.
-Read from the source with `ast`: each chains/ file's own imports, not what its imports import."""
+"""Imports point one way, package by package: hosting → middleware → api → observability → streaming →
+runnables → models → common. No two packages of chains/ import each other, in either direction; the streaming
+core, the runnables, the models and the pure half of common import no web framework. Read from the source with
+`ast`: each chains/ file's own imports (functions and branches too), then, for the framework check, what they
+import in turn within chains/."""
 
 from __future__ import annotations
 
 import ast
+from itertools import combinations
 from pathlib import Path
 
+import pytest
+
 CHAINS = Path(__file__).resolve().parents[2] / "chains"
-HTTP_LAYERS = ("api", "middleware", "hosting")
-HTTP_PACKAGES = {"fastapi", "starlette", "uvicorn", "sse_starlette", "langserve", "httptools"}
+# Highest first: a package may import only those after it.
+ORDER = ("hosting", "middleware", "api", "observability", "streaming", "runnables", "models", "common")
+WEB_FRAMEWORKS = {"fastapi", "starlette", "uvicorn", "sse_starlette", "langserve", "httptools"}
+# The modules that must run without a web framework: the core and everything it stands on.
+FRAMEWORK_FREE = ("chains.streaming", "chains.runnables", "chains.models", "chains.common.errors",
+                  "chains.common.scope", "chains.common.settings", "chains.common.keys")
 
 
 def imported_modules(path: Path, package: str | None = None) -> set[str]:
@@ -29,32 +38,70 @@ def imported_modules(path: Path, package: str | None = None) -> set[str]:
     return modules
 
 
-def below_the_http_layers() -> list[Path]:
-    files = [path for path in CHAINS.rglob("*.py") if path.relative_to(CHAINS).parts[0] not in HTTP_LAYERS]
-    assert CHAINS / "chat.py" in files and CHAINS / "models" / "local.py" in files
-    return files
+def module_name(path: Path) -> str:
+    parts = path.relative_to(CHAINS.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def test_no_module_below_the_http_layers_imports_an_http_framework() -> None:
-    offenders = {str(path.relative_to(CHAINS.parent)): sorted(m for m in imported_modules(path)
-                                                               if m.split(".")[0] in HTTP_PACKAGES)
-                 for path in below_the_http_layers()}
-    assert {k: v for k, v in offenders.items() if v} == {}
+MODULES = {module_name(path): path for path in CHAINS.rglob("*.py")}
 
 
-def test_no_module_below_the_http_layers_imports_the_layers_above() -> None:
-    above = tuple(f"chains.{layer}" for layer in HTTP_LAYERS)
-    offenders = {str(path.relative_to(CHAINS.parent)): sorted(m for m in imported_modules(path)
-                                                               if m == "server" or m.startswith(above))
-                 for path in below_the_http_layers()}
-    assert {k: v for k, v in offenders.items() if v} == {}
+def package_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "chains" and len(parts) >= 2 and parts[1] in ORDER else None
 
 
-def test_models_do_not_import_the_chains() -> None:
-    offenders = {str(path.relative_to(CHAINS.parent)): sorted(m for m in imported_modules(path)
-                                                               if m == "chains.chat")
-                 for path in (CHAINS / "models").rglob("*.py")}
-    assert {k: v for k, v in offenders.items() if v} == {}
+def package_imports() -> dict[str, set[str]]:
+    """For each package of chains/, the other packages its modules import."""
+    graph: dict[str, set[str]] = {package: set() for package in ORDER}
+    for module, path in MODULES.items():
+        source = package_of(module)
+        if source is None:
+            continue
+        for imported in imported_modules(path):
+            target = package_of(imported) if imported.startswith("chains.") else None
+            if target is not None and target != source:
+                graph[source].add(target)
+    return graph
+
+
+def test_every_package_is_in_the_order_and_no_module_sits_at_the_root() -> None:
+    packages = {path.name for path in CHAINS.iterdir() if path.is_dir() and (path / "__init__.py").exists()}
+    assert packages == set(ORDER)
+    assert sorted(path.name for path in CHAINS.glob("*.py")) == []  # a namespace package: nothing of its own
+
+
+@pytest.mark.parametrize(("upper", "lower"), list(combinations(ORDER, 2)))
+def test_no_package_imports_one_above_it(upper: str, lower: str) -> None:
+    graph = package_imports()
+    assert upper not in graph[lower], f"chains.{lower} imports chains.{upper}, which stands above it"
+
+
+def test_no_two_packages_import_each_other() -> None:
+    graph = package_imports()
+    assert [(a, b) for a, b in combinations(ORDER, 2) if b in graph[a] and a in graph[b]] == []
+
+
+def framework_imports(module: str, seen: set[str]) -> set[str]:
+    """The web frameworks `module` imports, itself or through the chains modules it imports."""
+    if module in seen or module not in MODULES:
+        return set()
+    seen.add(module)
+    found: set[str] = set()
+    for imported in imported_modules(MODULES[module]):
+        if imported.split(".")[0] in WEB_FRAMEWORKS:
+            found.add(f"{module} imports {imported}")
+        found |= framework_imports(imported, seen)
+    return found
+
+
+def test_the_core_and_what_it_stands_on_import_no_web_framework() -> None:
+    roots = [module for module in MODULES if module.startswith(FRAMEWORK_FREE)]
+    assert "chains.streaming.generation" in roots and "chains.models.local" in roots
+    offenders: set[str] = set()
+    for module in roots:
+        offenders |= framework_imports(module, set())
+    assert offenders == set()
 
 
 def test_the_checker_sees_imports_in_every_form(tmp_path: Path) -> None:
@@ -67,3 +114,7 @@ def test_the_checker_sees_imports_in_every_form(tmp_path: Path) -> None:
     assert imported_modules(source, "chains.models") == {
         "fastapi.responses", "starlette", "uvicorn", "sse_starlette.sse", "chains.api", "chains.models"}
 
+
+def test_the_checker_sees_an_upward_import() -> None:
+    graph = package_imports()
+    assert "common" in graph["streaming"] and "streaming" in graph["api"]  # the real edges it must see

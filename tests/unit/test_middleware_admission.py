@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from chains.common.scope import MODEL_RUNS
 from chains.middleware.admission import ModelAdmission
-from chains.middleware.scope import MODEL_RUNS
 from tests.unit.asgi import Inner, call, scope
 
 

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
+from chains.common.errors import ModelOverloadedError
 from chains.middleware.answer_failures import AnswerFailures
-from chains.models.base import ModelOverloadedError
 from tests.unit.asgi import call, scope
 
 

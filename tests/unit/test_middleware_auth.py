@@ -7,7 +7,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from chains.middleware.auth import ApiKeyAuth, FailedAuth, KeyMatcher
+from chains.common.keys import FailedAuth, KeyMatcher
+from chains.middleware.auth import ApiKeyAuth
 from tests.unit.asgi import Inner, call, scope
 
 KEY = "key-7f3a9c"

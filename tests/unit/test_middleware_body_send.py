@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from chains.api.streaming import TokenStreamResponse
+from chains.api.sse import TokenStreamResponse
+from chains.common.scope import BODY_SEND
 from chains.middleware.body_send import BodySendInScope
-from chains.middleware.scope import BODY_SEND
 from tests.unit.asgi import call, scope
 
 

@@ -9,8 +9,12 @@ from typing import Any
 
 import pytest
 
-from chains.middleware.langserve_bodies import LangServeBodies, config_problem, lone_surrogate_at
-from chains.middleware.scope import MODEL_RUNS
+from chains.common.scope import MODEL_RUNS
+from chains.middleware.langserve_bodies import (
+    LangServeBodies,
+    config_problem,
+    lone_surrogate_at,
+)
 from tests.unit.asgi import Client, Inner, call, scope
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from chains.middleware.scope import MODEL_RUNS
+from chains.common.scope import MODEL_RUNS
 from chains.middleware.streams_per_client import StreamsPerClient
 from tests.unit.asgi import Inner, call, scope
 

@@ -10,13 +10,25 @@ import pytest
 import redis
 
 from chains.api.chat.protocol import JsonEvents
-from chains.api.runs.redis_store import FINISHED_KEY, LIVE_KEY, RedisRunStore, events_key, meta_key
-from chains.api.runs.run import InvalidEventId, Run
-from chains.api.runs.store import RunLimits, RunNotFound, RunOver, RunStoreFull, RunStoreUnavailable
-from chains.api.streaming import StreamOptions, generate
-from chains.chat import single_turn_chain
+from chains.common.settings import ConfigError
 from chains.models.fake import ScriptedChatModel, scripted_tokens
-from chains.settings import ConfigError
+from chains.runnables.chat import single_turn_chain
+from chains.streaming.generation import StreamOptions, generate
+from chains.streaming.redis_store import (
+    FINISHED_KEY,
+    LIVE_KEY,
+    RedisRunStore,
+    events_key,
+    meta_key,
+)
+from chains.streaming.run import InvalidEventId, Run
+from chains.streaming.store import (
+    RunLimits,
+    RunNotFound,
+    RunOver,
+    RunStoreFull,
+    RunStoreUnavailable,
+)
 from tests.support.servers import LiveServer, free_port, start_redis, stop_process
 from tests.support.sse import Event, parse_sse
 

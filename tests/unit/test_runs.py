@@ -9,11 +9,23 @@ import time
 import pytest
 
 from chains.api.chat.protocol import JsonEvents
-from chains.api.runs.run import InvalidEventId, Listener, OnDisconnect, Run, parse_event_id
-from chains.api.runs.store import MemoryRunStore, RunLimits, RunNotFound, RunOver, RunStoreFull
-from chains.api.streaming import StreamOptions, generate
-from chains.chat import single_turn_chain
 from chains.models.fake import ScriptedChatModel, scripted_tokens
+from chains.runnables.chat import single_turn_chain
+from chains.streaming.generation import StreamOptions, generate
+from chains.streaming.run import (
+    InvalidEventId,
+    Listener,
+    OnDisconnect,
+    Run,
+    parse_event_id,
+)
+from chains.streaming.store import (
+    MemoryRunStore,
+    RunLimits,
+    RunNotFound,
+    RunOver,
+    RunStoreFull,
+)
 from tests.support.sse import Event, parse_sse, run_positions
 
 JSON = JsonEvents()

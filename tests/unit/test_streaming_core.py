@@ -6,20 +6,19 @@ from __future__ import annotations
 import asyncio
 import time
 
-from chains.chat import single_turn_chain
-from chains.models.fake import ScriptedChatModel, scripted_tokens
 from chains.api.chat.protocol import JsonEvents
-from chains.api.events import ErrorEvent
-from chains.api.runs.run import Listener, Run, new_run_id
-from chains.api.streaming import (
-    StreamLabels, StreamOptions, StreamRecord, _live, end_all_streams, generate, token_events,
-)
+from chains.models.fake import ScriptedChatModel, scripted_tokens
+from chains.runnables.chat import single_turn_chain
+from chains.streaming.generation import LiveStreams, StreamOptions, generate
+from chains.streaming.record import StreamLabels, StreamRecord
+from chains.streaming.run import Listener, Run, new_run_id
+from tests.support.core import token_events
 from tests.support.sse import Event, parse_sse
 
 
-async def stream(options: StreamOptions, **model: object) -> list[Event]:
+async def stream(options: StreamOptions, live: LiveStreams | None = None, **model: object) -> list[Event]:
     chain = single_turn_chain(ScriptedChatModel(**model))  # type: ignore[arg-type]
-    encoded = [chunk async for chunk in token_events(chain, "hi", options, JsonEvents())]
+    encoded = [chunk async for chunk in token_events(chain, "hi", options, JsonEvents(), live)]
     return parse_sse(b"".join(encoded).decode())
 
 
@@ -75,14 +74,17 @@ async def test_a_model_failure_becomes_the_error_event_after_the_tokens_sent() -
     assert "Traceback" not in events[-1].json()["error"]
 
 
-async def test_end_all_streams_interrupts_every_generation_with_a_terminal_event() -> None:
+async def test_a_shutdown_interrupts_every_live_generation_with_a_terminal_event() -> None:
+    live = LiveStreams()
+
     async def collect() -> list[Event]:
-        return await stream(StreamOptions(), reply_tokens=1000, token_delay_ms=5)
+        return await stream(StreamOptions(), live, reply_tokens=1000, token_delay_ms=5)
 
     streams = [asyncio.create_task(collect()) for _ in range(3)]
-    while sum(not generation.finished for generation in _live) < 3:
+    while len(live) < 3:
         await asyncio.sleep(0.01)
-    end_all_streams(ErrorEvent(error="the server is shutting down; try again", type="shutdown"))
+    live.shut_down()
+    live.shut_down()  # every connection is told; the streams end once
     for events in await asyncio.gather(*streams):
         assert events[-1].json() == {"error": "the server is shutting down; try again", "type": "shutdown"}
 

@@ -18,8 +18,8 @@ from typing import Annotated, Any
 import orjson
 from pydantic import BaseModel, Field, model_validator
 
-from chains.api.events import DoneEvent, ErrorEvent, StartEvent, TokenEvent
-from chains.chat import BoundedText, ChatMessage, UserText, check_conversation
+from chains.runnables.chat import BoundedText, ChatMessage, UserText, check_conversation
+from chains.streaming.events import DoneEvent, ErrorEvent, StartEvent, TokenEvent
 
 Message = Annotated[UserText, Field(description="the user's message")]
 SystemPrompt = Annotated[BoundedText, Field(description="instructions for the assistant; default: SYSTEM_PROMPT")]

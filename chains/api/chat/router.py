@@ -18,12 +18,17 @@ from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response
 
 from chains.api.chat.protocol import (
-    CHAT_EVENTS_DOC, JSON_SSE, RAW_SSE, ChatBody, ChatDefaults, ChatPostQuery, ChatQuery,
+    CHAT_EVENTS_DOC,
+    JSON_SSE,
+    RAW_SSE,
+    ChatBody,
+    ChatDefaults,
+    ChatPostQuery,
+    ChatQuery,
 )
 from chains.api.chat.serving import ChatServing
 from chains.api.runs.protocol import RunCaller, run_caller
-from chains.chat import ConversationInput, UserText
-
+from chains.runnables.chat import ConversationInput, UserText
 
 Caller = Annotated[RunCaller, Depends(run_caller)]
 Stream = Response  # a TokenStreamResponse, or the JSON refusal of a run that cannot start or be joined

@@ -10,9 +10,16 @@ from fastapi.responses import JSONResponse
 from chains.api.chat.protocol import JSON_EVENTS, RAW_TEXT, ChatDefaults, StreamParams
 from chains.api.runs.protocol import RunCaller
 from chains.api.runs.serving import RunServing
-from chains.api.streaming import StreamLabels, StreamOptions, TokenStreamResponse
-from chains.chat import ChatChain, ChatMessage, ConversationInput, SystemPromptInput
-from chains.settings import Settings
+from chains.api.sse import TokenStreamResponse
+from chains.common.settings import Settings
+from chains.runnables.chat import (
+    ChatChain,
+    ChatMessage,
+    ConversationInput,
+    SystemPromptInput,
+)
+from chains.streaming.generation import StreamOptions
+from chains.streaming.record import StreamLabels
 
 
 @dataclass(frozen=True)

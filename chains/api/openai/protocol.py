@@ -22,10 +22,18 @@ import time
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+)
 
-from chains.api.errors import ERROR_RESPONSES, STATUS_OF, openai_error_body
-from chains.api.events import DoneEvent, ErrorEvent, StartEvent, Usage
+from chains.common.errors import STATUS_OF, openai_error_body
+from chains.common.responses import ERROR_RESPONSES
+from chains.streaming.events import DoneEvent, ErrorEvent, StartEvent, Usage
 
 # OpenAI allows up to four stop sequences.
 MAX_STOP_SEQUENCES = 4
@@ -203,22 +211,21 @@ def completion_id() -> str:
 
 # --- the encodings ------------------------------------------------------------------------------------------------
 
-class _Outcome:
-    """What the serving needs to know of a generation while it encodes it."""
+class _Completion:
+    """What every piece of one completion repeats: its id, time and model, fixed when the request is taken.
+    An encoding holds nothing else: how the generation went is the core's to tell (chains.streaming.generation)."""
 
     def __init__(self, model: str) -> None:
         self.id = completion_id()
         self.created = int(time.time())
         self.model = model
-        self.tokens_encoded = 0
-        self.failure: ErrorEvent | None = None
-        self.ended = False  # the terminal event (done or error) has been encoded
 
-    def finish_reason(self, event: DoneEvent) -> str:
+    @staticmethod
+    def finish_reason(event: DoneEvent) -> str:
         return event.finish_reason or "stop"
 
 
-class ChatCompletionChunks(_Outcome):
+class ChatCompletionChunks(_Completion):
     """The streaming encoding. `event_id` is ignored: OpenAI's chunks carry no SSE `id:`."""
 
     def __init__(self, model: str, include_usage: bool) -> None:
@@ -242,11 +249,9 @@ class ChatCompletionChunks(_Outcome):
                            b'"finish_reason":null}]')
 
     def tokens(self, event_id: object, text: str, token_count: int) -> bytes:
-        self.tokens_encoded += 1
         return self._token_prefix + orjson.dumps(text) + self._token_suffix
 
     def done(self, event_id: object, event: DoneEvent) -> bytes:
-        self.ended = True
         finish = self._chunk(b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":%b}]'
                              % orjson.dumps(self.finish_reason(event)))
         usage = b""
@@ -255,24 +260,21 @@ class ChatCompletionChunks(_Outcome):
         return finish + usage + b"data: [DONE]\n\n"
 
     def error(self, event_id: object, event: ErrorEvent) -> bytes:
-        self.failure, self.ended = event, True
-        body = openai_error_body(STATUS_OF.get(event.type, 500), event.type, event.error)
+        body = openai_error_body(STATUS_OF[event.type], event.type, event.error)
         return b"data: " + orjson.dumps(body) + b"\n\ndata: [DONE]\n\n"
 
 
-class ChatCompletionBody(_Outcome):
+class ChatCompletionBody(_Completion):
     """The non-streaming encoding: the events' bytes, concatenated, are the `chat.completion` (or nothing, when
-    the generation failed: then `failure` says why)."""
+    the generation failed: then the generation's `failure` says why)."""
 
     def start(self, event_id: object, event: StartEvent) -> bytes | None:
         return None
 
     def tokens(self, event_id: object, text: str, token_count: int) -> bytes:
-        self.tokens_encoded += 1
         return b""
 
     def done(self, event_id: object, event: DoneEvent) -> bytes:
-        self.ended = True
         return ChatCompletion(
             id=self.id, created=self.created, model=self.model, usage=event.usage,
             choices=[CompletionChoice(message=CompletionMessage(content=event.full_response),
@@ -280,5 +282,4 @@ class ChatCompletionBody(_Outcome):
         ).model_dump_json().encode()
 
     def error(self, event_id: object, event: ErrorEvent) -> bytes:
-        self.failure, self.ended = event, True
         return b""

@@ -1,6 +1,6 @@
 """The OpenAI-compatible routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /v1/models/{model}`.
 
-Every error on these paths is in OpenAI's shape (chains.api.errors renders it by path), the middleware's refusals
+Every error on these paths is in OpenAI's shape (chains.common.errors renders it by path), the middleware's refusals
 included: a wrong key is a 401 the `openai` SDKs raise as `AuthenticationError`, the per-client cap a 429 they
 raise as `RateLimitError`.
 """
@@ -13,7 +13,12 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from chains.api.openai.protocol import (
-    CHUNK_SSE_DOC, OPENAI_ERROR_RESPONSES, ChatCompletion, ChatCompletionRequest, ModelCard, ModelList,
+    CHUNK_SSE_DOC,
+    OPENAI_ERROR_RESPONSES,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ModelCard,
+    ModelList,
 )
 from chains.api.openai.serving import OpenAIServing
 from chains.api.runs.protocol import run_owner

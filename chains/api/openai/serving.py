@@ -19,16 +19,24 @@ from typing import Any
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from chains.api.errors import STATUS_OF, ErrorResponse, openai_invalid, refuse
-from chains.api.events import ErrorEvent
 from chains.api.openai.protocol import (
-    ChatCompletionBody, ChatCompletionChunks, ChatCompletionRequest, ModelCard, ModelList, RequestMessage,
+    ChatCompletionBody,
+    ChatCompletionChunks,
+    ChatCompletionRequest,
+    ModelCard,
+    ModelList,
+    RequestMessage,
 )
-from chains.api.runs.run import Listener, Run
 from chains.api.runs.serving import RUN_ERRORS, RunServing, run_refusal
-from chains.api.streaming import StreamLabels, StreamOptions, TokenStreamResponse
-from chains.chat import ChatChain, ConversationInput, SystemPromptInput
-from chains.settings import Settings
+from chains.api.sse import TokenStreamResponse
+from chains.common.errors import STATUS_OF
+from chains.common.responses import ErrorResponse, openai_invalid, refuse
+from chains.common.settings import Settings
+from chains.runnables.chat import ChatChain, ConversationInput, SystemPromptInput
+from chains.streaming.events import ErrorEvent
+from chains.streaming.generation import Generation, StreamOptions
+from chains.streaming.record import StreamLabels
+from chains.streaming.run import Listener
 
 
 class InvalidRequest(ValueError):
@@ -131,39 +139,34 @@ class OpenAIServing:
         try:
             # A run like every stream's (X-Run-Id; state, replay and cancel at /chat/runs/{run_id}), cancelled
             # when its client leaves: OpenAI's clients do not resume.
-            run, events = await self.runs.open(chain, given, self.options(), fmt, owner, "cancel",
-                                               StreamLabels("/v1/chat/completions", request.model))
+            generation, events = await self.runs.open(chain, given, self.options(), fmt, owner, "cancel",
+                                                      StreamLabels("/v1/chat/completions", request.model))
         except RUN_ERRORS as exc:
             return run_refusal(exc)
-        if isinstance(fmt, ChatCompletionChunks):
-            return await self._stream(run, events, fmt)
-        return await self._complete(run, events, fmt)
+        if request.stream:
+            return await self._stream(generation, events)
+        return await self._complete(generation, events)
 
-    async def _stream(self, run: Run, events: Listener, fmt: ChatCompletionChunks) -> Response:
+    async def _stream(self, generation: Generation, events: Listener) -> Response:
+        """The stream, once the first token is there; a failure before it is an HTTP error."""
         try:
-            async for _ in events:  # until the first token or the end
-                if fmt.tokens_encoded or fmt.ended:
-                    break
-        except BaseException:
+            failure = await generation.first_token()
+        except BaseException:  # the client left while it waited (a cancelled request)
             await events.aclose()
             raise
-        if fmt.failure is not None and not fmt.tokens_encoded:
+        if failure is not None:
             await events.aclose()
-            return self._failed(fmt.failure)
-        # The response replays the run from its start (what came so far, in one write) and follows it; it joins
-        # before the first listener leaves, so the run never stands without one.
-        replay = Listener(run)
-        await events.aclose()
-        return TokenStreamResponse(replay, self.settings.sse_heartbeat_seconds, run.id)
+            return self._failed(failure)
+        # The listener has read nothing yet: the response replays the run from its start and follows it.
+        return TokenStreamResponse(events, self.settings.sse_heartbeat_seconds, generation.run.id)
 
-    async def _complete(self, run: Run, events: Listener, fmt: ChatCompletionBody) -> Response:
+    async def _complete(self, generation: Generation, events: Listener) -> Response:
         async with aclosing(events):
             body = b"".join([piece async for piece in events])
-        if fmt.failure is not None:
-            return self._failed(fmt.failure)
-        return Response(body, media_type="application/json", headers={"X-Run-Id": run.id})
+        if generation.failure is not None:
+            return self._failed(generation.failure)
+        return Response(body, media_type="application/json", headers={"X-Run-Id": generation.run.id})
 
     @staticmethod
     def _failed(failure: ErrorEvent) -> ErrorResponse:
-        return refuse(STATUS_OF.get(failure.type, 500), failure.type, failure.error)
-
+        return refuse(STATUS_OF[failure.type], failure.type, failure.error)

@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 
-from chains.api.runs.run import OnDisconnect
-from chains.middleware.scope import API_KEY_ID
+from chains.common.scope import API_KEY_ID
+from chains.streaming.run import OnDisconnect
 
 MAX_GRACE_SECONDS = 3600.0
 

@@ -9,9 +9,9 @@ from starlette.responses import Response
 
 from chains.api.chat.protocol import CHAT_EVENTS_DOC, JSON_SSE
 from chains.api.runs.protocol import LAST_EVENT_ID_DOC, run_owner
-from chains.api.runs.run import RUN_ID_PATTERN
 from chains.api.runs.serving import RunServing
-from chains.api.runs.store import CancelOutcome, RunInfo
+from chains.streaming.run import RUN_ID_PATTERN
+from chains.streaming.store import CancelOutcome, RunInfo
 
 RunId = Annotated[str, Path(description="the `run_id` of the start event, or the `X-Run-Id` header",
                             pattern=RUN_ID_PATTERN.pattern, max_length=22)]

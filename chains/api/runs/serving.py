@@ -15,15 +15,23 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
-from chains.api.errors import refuse
-from chains.api.events import EventFormat
 from chains.api.runs.protocol import RunCaller
-from chains.api.runs.run import InvalidEventId, Listener, OnDisconnect, Run, parse_event_id
-from chains.api.runs.store import (
-    CancelOutcome, RunInfo, RunNotFound, RunOver, RunStore, RunStoreFull, RunStoreUnavailable,
+from chains.api.sse import TokenStreamResponse
+from chains.common.responses import refuse
+from chains.runnables.chat import ChatChain
+from chains.streaming.events import EventFormat
+from chains.streaming.generation import Generation, LiveStreams, StreamOptions, generate
+from chains.streaming.record import StreamLabels, StreamObserver
+from chains.streaming.run import InvalidEventId, Listener, OnDisconnect, parse_event_id
+from chains.streaming.store import (
+    CancelOutcome,
+    RunInfo,
+    RunNotFound,
+    RunOver,
+    RunStore,
+    RunStoreFull,
+    RunStoreUnavailable,
 )
-from chains.api.streaming import StreamLabels, StreamObserver, StreamOptions, TokenStreamResponse, generate
-from chains.chat import ChatChain
 
 
 def run_refusal(exc: Exception) -> JSONResponse:
@@ -48,6 +56,7 @@ class RunServing:
     store: RunStore
     heartbeat_seconds: float
     observer: StreamObserver | None = None  # metrics, traces and logs (chains.observability), when installed
+    live: LiveStreams | None = None  # the process's generations in flight, ended at shutdown
 
     @asynccontextmanager
     async def lifespan(self, app: object) -> AsyncIterator[None]:
@@ -65,20 +74,20 @@ class RunServing:
                 return run_refusal(exc)
             return await self.join(run_id, caller.owner, caller.last_event_id)
         try:
-            run, listener = await self.open(chain, chain_input, options, fmt, caller.owner, caller.on_disconnect,
-                                            labels)
+            generation, listener = await self.open(chain, chain_input, options, fmt, caller.owner,
+                                                   caller.on_disconnect, labels)
         except RUN_ERRORS as exc:
             return run_refusal(exc)
-        return TokenStreamResponse(listener, self.heartbeat_seconds, run.id)
+        return TokenStreamResponse(listener, self.heartbeat_seconds, generation.run.id)
 
     async def open(self, chain: ChatChain, chain_input: Any, options: StreamOptions, fmt: EventFormat,
-                   owner: str | None, on_disconnect: OnDisconnect, labels: StreamLabels) -> tuple[Run, Listener]:
-        """A new run in the store, generating, and its first listener (joined before the generation can end, so
-        the disconnect policy sees it). Raises the store's refusals (RUN_ERRORS)."""
+                   owner: str | None, on_disconnect: OnDisconnect,
+                   labels: StreamLabels) -> tuple[Generation, Listener]:
+        """A new run in the store, its generation, and its first listener (joined before the generation can end,
+        so the disconnect policy sees it). Raises the store's refusals (RUN_ERRORS)."""
         run = await self.store.create(owner, on_disconnect)
         listener = Listener(run)
-        generate(run, chain, chain_input, options, fmt, labels, self.observer)
-        return run, listener
+        return generate(run, chain, chain_input, options, fmt, labels, self.observer, self.live), listener
 
     async def join(self, run_id: str, owner: str | None, last_event_id: str | None) -> Response:
         try:

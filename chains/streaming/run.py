@@ -1,6 +1,6 @@
 """One run: a generation's events kept as encoded bytes, and the listeners that follow them.
 
-The generation (chains.api.streaming) appends each event once, already encoded; every listener — the request that
+The generation (chains.streaming.generation) appends each event once, already encoded; every listener — the request that
 started the run, a browser that reconnected with `Last-Event-ID`, a page that was reloaded — reads the same bytes
 from its own position and then waits for more. A listener never drives the generation: when the last one leaves,
 the run's disconnect policy decides (`cancel` at once, `continue` to the end, or wait some seconds for a rejoin).

@@ -8,7 +8,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from chains.api.errors import ErrorType
+from chains.common.errors import ErrorType
 
 
 class StartEvent(BaseModel):

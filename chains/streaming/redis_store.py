@@ -31,12 +31,20 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.retry import Retry as SyncRetry
 
-from chains.api.runs.run import OnDisconnect, Run, RunStatus
-from chains.api.runs.store import (
-    CancelOutcome, MemoryRunStore, RunInfo, RunLimits, RunNotFound, RunStoreFull, RunStoreUnavailable,
-    already_ended, check_resume, resume_after,
+from chains.common.settings import ConfigError
+from chains.streaming.run import OnDisconnect, Run, RunStatus
+from chains.streaming.store import (
+    CancelOutcome,
+    MemoryRunStore,
+    RunInfo,
+    RunLimits,
+    RunNotFound,
+    RunStoreFull,
+    RunStoreUnavailable,
+    already_ended,
+    check_resume,
+    resume_after,
 )
-from chains.settings import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Settings, read once at start-up from the environment and `.env`.
 
 A bad setting raises `ConfigError` with one line naming it; `server.py` turns that into a clean exit. Each field's
-`description` is its documentation: `python -m chains.settings` prints README's settings table from them.
+`description` is its documentation: `python -m chains.common.settings` prints README's settings table from them.
 """
 
 from __future__ import annotations
@@ -304,7 +304,7 @@ def _allowed(field: FieldInfo) -> str:
 
 def settings_table() -> str:
     """README's settings table (markdown), one row a field of `Settings`: its environment name, default, the
-    values it accepts and its description. `python -m chains.settings` prints it; tests/test_readme.py checks
+    values it accepts and its description. `python -m chains.common.settings` prints it; tests/test_readme.py checks
     that README holds exactly this."""
     def cell(text: str) -> str:
         return text.replace("|", "\\|")

@@ -1,8 +1,12 @@
-"""What the middleware reads off a request's scope: which paths run the model, and who the client is."""
+"""The keys we set in a request's ASGI scope, which paths run the model, and who the client is: what the
+middleware, the surfaces and the request-line protocol all read (no web framework: a scope is a mapping)."""
 
 from __future__ import annotations
 
-from starlette.types import Scope
+from collections.abc import MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]  # an ASGI scope, as Starlette types it
 
 # Set by LangServeBodies on a /batch: how many model runs the request asks for (the limits count them).
 MODEL_RUNS = "chains.model_runs"
@@ -14,7 +18,7 @@ PROTOCOL_MARK = "chains.http_protocol"
 API_KEY_ID = "chains.api_key_id"
 
 # Set by BodySendInScope, the outermost of ours: its own `send`. A stream's body chunks go straight to it
-# (chains.api.streaming), past every middleware inside: a middleware here may watch `http.response.start` and the
+# (chains.streaming.generation), past every middleware inside: a middleware here may watch `http.response.start` and the
 # last body message (`more_body` false), never the chunks between (chains.middleware.body_send).
 BODY_SEND = "chains.body_send"
 

@@ -11,18 +11,39 @@ from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+)
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.outputs import ChatGenerationChunk
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, ensure_config
-from langchain_core.runnables.config import get_async_callback_manager_for_config, patch_config
+from langchain_core.runnables import (
+    Runnable,
+    RunnableConfig,
+    RunnableLambda,
+    ensure_config,
+)
+from langchain_core.runnables.config import (
+    get_async_callback_manager_for_config,
+    patch_config,
+)
 from langsmith.utils import tracing_is_enabled
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    create_model,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
-from chains.limits import conversation_size, user_text, within_limit
+from chains.common.settings import DEFAULT_SYSTEM_PROMPT
 from chains.models.base import StreamedChatModel, StreamEnd, TextStream
-from chains.settings import DEFAULT_SYSTEM_PROMPT
+from chains.runnables.limits import conversation_size, user_text, within_limit
 
 Role = Literal["user", "assistant", "system"]
 # What a user typed: not blank, at most MAX_INPUT_CHARS.

@@ -5,7 +5,7 @@ model is behind the chain nor how the events look on the wire.
 
 A generation is one task: it iterates the chain's text stream (`ChatChain.astream_text`: the model's own token
 stream when nothing else listens, plain strings from our models), encodes each event once and appends it to its run
-(chains.api.runs.run). Listeners — the request that started it, and any that join later with `Last-Event-ID` —
+(chains.streaming.run). Listeners — the request that started it, and any that join later with `Last-Event-ID` —
 follow the run, each from its own position, and send everything new in one write. Buffering (`buffer_size`
 tokens per event, flushed after `flush_ms`) and the timeouts are timers, nothing per token but the time of the
 last token. The generation stops when it ends, times out, is cancelled (`POST …/cancel`, or its last listener
@@ -19,20 +19,22 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
-
-from chains.api.errors import describe_failure
-from chains.api.events import DoneEvent, ErrorEvent, EventFormat, StartEvent, Usage
-from chains.api.runs.run import CancelReason, Listener, Run, RunStatus, new_run_id
-from chains.chat import ChatChain
-from chains.middleware.scope import BODY_SEND
+from chains.common.errors import describe_failure
 from chains.models.base import StreamEnd, TextStream, UsageMeter, usage_meter
+from chains.runnables.chat import ChatChain
+from chains.streaming.events import (
+    DoneEvent,
+    ErrorEvent,
+    EventFormat,
+    StartEvent,
+    Usage,
+)
+from chains.streaming.record import StreamLabels, StreamObserver, StreamRecord
+from chains.streaming.run import CancelReason, Run, RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -45,55 +47,47 @@ class StreamOptions:
     idle_timeout: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class StreamLabels:
-    """Which surface a generation serves: bounded values only (never user text, never a run id)."""
-
-    route: str = "/chat"
-    chain: str = "system-prompt"
-
-
-@dataclass(slots=True)
-class StreamRecord:
-    """What the core measured of one generation, handed to the observer once, at its end."""
-
-    run_id: str
-    labels: StreamLabels
-    ending: str  # done, cancelled, disconnect, timeout, shutdown, or the error type
-    finish_reason: str | None
-    seconds: float  # from the request to the terminal event
-    time_to_first_token: float | None
-    time_per_output_token: float | None  # mean gap between tokens after the first (OTel's definition)
-    longest_gap: float | None  # the longest silence between two tokens
-    token_events: int
-    prompt_tokens: int | None
-    completion_tokens: int | None
-
-
-class StreamObserver(Protocol):
-    """Metrics, traces and logs (chains.observability) see each generation begin and end; nothing per token."""
-
-    def stream_started(self, labels: StreamLabels) -> object:
-        """Returns a handle (e.g. a span) given back at the end."""
-        ...
-
-    def first_token(self, handle: object) -> None: ...
-
-    def stream_ended(self, handle: object, record: StreamRecord) -> None: ...
-
-
-# Generations in flight in this process, so that a shutdown can end each stream with a terminal event.
-_live: weakref.WeakSet[Generation] = weakref.WeakSet()
 SHUTDOWN = ErrorEvent(error="the server is shutting down; try again", type="shutdown")
-HEARTBEAT = b": heartbeat\n\n"
+
+
+class LiveStreams:
+    """The generations in flight in one process, so that a shutdown can end each stream with a terminal event.
+    server.py makes one per app and hands it to the runs' serving (which registers each generation) and, in the
+    lifespan state, to the request-line protocol (chains.hosting.http_protocol), which calls `shut_down`."""
+
+    def __init__(self) -> None:
+        self._generations: weakref.WeakSet[Generation] = weakref.WeakSet()
+        self.shutting_down = False
+
+    def add(self, generation: Generation) -> None:
+        self._generations.add(generation)
+
+    def __len__(self) -> int:
+        return sum(not generation.finished for generation in self._generations)
+
+    def end_all(self, reason: ErrorEvent = SHUTDOWN) -> None:
+        """Every generation in flight ends now, with `reason` as its terminal event and a clean close of its
+        stream."""
+        for generation in list(self._generations):
+            generation.interrupt(reason)
+
+    def shut_down(self) -> None:
+        """The server starts shutting down: `end_all`, once (every connection is told; the streams end once)."""
+        if not self.shutting_down:
+            self.shutting_down = True
+            self.end_all()
 
 
 class Generation:
-    """One generation in flight: the task that runs the chain and writes its events into the run."""
+    """One generation in flight: the task that runs the chain and writes its events into the run.
+
+    How it went is told here, never by an encoding: `first_token()` returns once the first token was sent (None)
+    or the generation ended without one (its failure, or None when it completed or was cancelled empty);
+    `failure` is the terminal error, `record` what was measured, both set when the run finishes."""
 
     def __init__(self, run: Run, chain: ChatChain, chain_input: Any, options: StreamOptions,
                  fmt: EventFormat, labels: StreamLabels = StreamLabels(),
-                 observer: StreamObserver | None = None) -> None:
+                 observer: StreamObserver | None = None, live: LiveStreams | None = None) -> None:
         self.loop = loop = asyncio.get_running_loop()
         self.run = run
         self.labels = labels
@@ -117,18 +111,26 @@ class Generation:
         self.began = self.last_token = loop.time()  # uvloop's clock: milliseconds, fine for deadlines
         self.started = time.perf_counter()  # for the reported duration
         self.watchdog: asyncio.TimerHandle | None = None
+        self.failure: ErrorEvent | None = None
+        self.record: StreamRecord | None = None
+        self._first_token: asyncio.Future[ErrorEvent | None] = loop.create_future()
         head = fmt.start(run.event_id(0), StartEvent(timestamp=time.time(), run_id=run.id))
         run.append(head or b"")
         run.generation = self
         self.producer = loop.create_task(self._produce(chain, chain_input), name=f"generation-{run.id}")
         self.producer.add_done_callback(self._stopped_before_it_began)
-        _live.add(self)
+        if live is not None:
+            live.add(self)
         if options.timeout is not None or options.idle_timeout is not None:
             self._check_deadlines()
 
     @property
     def finished(self) -> bool:
         return self.run.finished
+
+    async def first_token(self) -> ErrorEvent | None:
+        """Waits for the first token (then None) or the end without one (then the failure, if it failed)."""
+        return await asyncio.shield(self._first_token)
 
     async def _produce(self, chain: ChatChain, chain_input: Any) -> None:
         usage_meter.set(self.meter)  # this task's context: the model counts into it
@@ -149,7 +151,8 @@ class Generation:
             kind, message, _ = describe_failure(exc)
             if kind != "internal_error":  # an internal error has been logged in full already
                 log.warning("generation failed: %s", message)
-            terminal = self.fmt.error(self._next_id(), ErrorEvent(error=message, type=kind)), "failed", kind
+            self.failure = ErrorEvent(error=message, type=kind)
+            terminal = self.fmt.error(self._next_id(), self.failure), "failed", kind
         finally:
             for timer in (self.watchdog, self.flush_timer):
                 if timer is not None:
@@ -157,9 +160,12 @@ class Generation:
         self._finish(*terminal)
 
     def _finish(self, terminal: bytes, status: RunStatus, failure: str | None = None) -> None:
+        self.record = self._record(status, failure)
+        if not self._first_token.done():
+            self._first_token.set_result(self.failure)
         self.run.finish(terminal, status)
         if self.observer is not None:
-            self.observer.stream_ended(self.handle, self._record(status, failure))
+            self.observer.stream_ended(self.handle, self.record)
 
     def _record(self, status: RunStatus, failure: str | None) -> StreamRecord:
         if status == "completed":
@@ -189,6 +195,7 @@ class Generation:
 
     def _terminal_when_stopped(self) -> tuple[bytes, RunStatus]:
         if self.interrupted is not None:
+            self.failure = self.interrupted
             return self.fmt.error(self._next_id(), self.interrupted), "failed"
         return self._done("cancelled"), "cancelled"  # a cancel, or the event loop closing
 
@@ -226,6 +233,7 @@ class Generation:
         now = self.loop.time()
         if self.first_token_at is None:
             self.first_token_at = now
+            self._first_token.set_result(None)
             if self.observer is not None:
                 self.observer.first_token(self.handle)
         elif now - self.last_token > self.longest_gap:
@@ -302,88 +310,7 @@ class Generation:
 
 
 def generate(run: Run, chain: ChatChain, chain_input: Any, options: StreamOptions, fmt: EventFormat,
-             labels: StreamLabels = StreamLabels(), observer: StreamObserver | None = None) -> Generation:
+             labels: StreamLabels = StreamLabels(), observer: StreamObserver | None = None,
+             live: LiveStreams | None = None) -> Generation:
     """Start generating into `run` (created by a store); listeners follow the run."""
-    return Generation(run, chain, chain_input, options, fmt, labels, observer)
-
-
-def token_events(chain: ChatChain, chain_input: Any, options: StreamOptions, fmt: EventFormat) -> AsyncIterator[bytes]:
-    """One generation's encoded events, for a caller that keeps no run: a run of its own, cancelled when the
-    caller stops iterating."""
-    run = Run(new_run_id(), None, "cancel", max_events=1_000_000)
-    listener = Listener(run)
-    generate(run, chain, chain_input, options, fmt)
-    return listener
-
-
-def end_all_streams(reason: ErrorEvent = SHUTDOWN) -> None:
-    """Every generation in flight ends now, with `reason` as its terminal event and a clean close of its stream.
-    The hosting layer calls it when the server starts shutting down (chains.hosting.http_protocol)."""
-    for generation in list(_live):
-        generation.interrupt(reason)
-
-
-class TokenStreamResponse(StreamingResponse):
-    """A `text/event-stream` of pre-encoded events that owns its heartbeat and its disconnect watch.
-
-    The heartbeat is a comment sent only when nothing else was sent for `heartbeat_seconds` (one timer per
-    stream, nothing per event). The disconnect watch reads the request channel while the events flow, so a
-    client that goes away ends the stream at once, not at the next failed write: the events' iterator (a run's
-    listener) is closed, and the run's disconnect policy decides about the generation. Ours rather than sse-starlette's response, whose private lock and state we
-    had to override. The content type is exactly `text/event-stream` (SSE is UTF-8 by definition; Starlette would
-    append a charset).
-    """
-
-    def __init__(self, events: AsyncIterator[bytes], heartbeat_seconds: float, run_id: str | None = None) -> None:
-        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        if run_id is not None:
-            headers["X-Run-Id"] = run_id
-        super().__init__(events, headers=headers)
-        self.heartbeat_seconds = heartbeat_seconds
-        self.last_sent = 0.0
-        self.finished = False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        self.last_sent = asyncio.get_running_loop().time()
-        chunks = scope.get(BODY_SEND, send)  # past the middleware, which watch only the start and the end
-        tasks = (asyncio.ensure_future(self._send_events(chunks, send)),
-                 asyncio.ensure_future(self._watch_disconnect(receive)), asyncio.ensure_future(self._heartbeat(chunks)))
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            # Closed even if the sending task was cancelled before it began: a listener leaving is what lets
-            # the run's disconnect policy act.
-            close = getattr(self.body_iterator, "aclose", None)
-            if close is not None:
-                await close()
-        sending = tasks[0]
-        if sending in done and not sending.cancelled() and sending.exception() is not None:
-            raise sending.exception()  # type: ignore[misc]
-
-    async def _send_events(self, send_chunk: Send, send: Send) -> None:
-        loop = asyncio.get_running_loop()
-        async with aclosing(self.body_iterator) as events:  # type: ignore[type-var]
-            async for chunk in events:
-                await send_chunk({"type": "http.response.body", "body": chunk, "more_body": True})
-                self.last_sent = loop.time()
-        self.finished = True
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    @staticmethod
-    async def _watch_disconnect(receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-    async def _heartbeat(self, send: Send) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.last_sent + self.heartbeat_seconds - loop.time())
-            if self.finished:
-                return
-            if loop.time() - self.last_sent >= self.heartbeat_seconds:
-                await send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
-                self.last_sent = loop.time()
+    return Generation(run, chain, chain_input, options, fmt, labels, observer, live)

@@ -1,8 +1,8 @@
-"""chains.middleware.scope: which requests run the model."""
+"""chains.common.scope: which requests run the model."""
 
 from __future__ import annotations
 
-from chains.middleware.scope import runs_the_model
+from chains.common.scope import runs_the_model
 
 
 def test_which_paths_run_the_model() -> None:

@@ -1,0 +1,1 @@
+"""The three chat chains (LCEL runnables with typed, bounded inputs)."""

@@ -1,0 +1,1 @@
+"""The streaming core: generation → run (encoded events, memory or Redis) → listeners. No web framework."""
