@@ -42,6 +42,15 @@ def parse_event_id(value: str) -> tuple[str, int]:
     return match[1], int(match[2])
 
 
+class Reader(Protocol):
+    """A listener as its run counts it: connected now, at `position` (the seq of the next event it needs); a run
+    keeps what a reader has not read yet. A `Listener` here, or a listener on another replica
+    (chains.streaming.redis_mirror.RemoteReader)."""
+
+    @property
+    def position(self) -> int: ...
+
+
 class Stoppable(Protocol):
     """What a run needs of its generation: a way to stop it early."""
 
@@ -64,7 +73,7 @@ class Run:
         self.status: RunStatus = "running"
         self.created = time.time()
         self.ended: float | None = None
-        self.readers: list[Listener] = []  # the listeners connected now
+        self.readers: list[Reader] = []  # the listeners connected now
         self.on_disconnect = on_disconnect
         self.generation: Stoppable | None = None  # set when it generates in this process
         # The store's write-behind (Redis): called after each append and at the end; None in memory.
@@ -145,13 +154,13 @@ class Run:
     def listeners(self) -> int:
         return len(self.readers)
 
-    def joined(self, reader: Listener) -> None:
+    def joined(self, reader: Reader) -> None:
         self.readers.append(reader)
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
 
-    def left(self, reader: Listener) -> None:
+    def left(self, reader: Reader) -> None:
         self.readers.remove(reader)
         if len(self.events) > self._max_events:  # what this reader held back
             self._forget_oldest()

@@ -158,6 +158,15 @@ class MemoryRunStore:
         self.started += 1
         return run
 
+    def withdraw(self, run: Run) -> None:
+        """Undoes `create_now` for a run that never generated (a shared store refused it)."""
+        if self.live.pop(run.id, None) is not None:
+            self.started -= 1
+
+    def holds(self, run_id: str) -> bool:
+        """Whether the run generates, or generated, in this process."""
+        return run_id in self.live or run_id in self.finished
+
     def _ended(self, run: Run) -> None:
         self.live.pop(run.id, None)
         if self.limits.max_finished:

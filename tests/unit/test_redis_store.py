@@ -14,13 +14,8 @@ from chains.common.settings import ConfigError
 from chains.models.fake import ScriptedChatModel, scripted_tokens
 from chains.runnables.chat import single_turn_chain
 from chains.streaming.generation import StreamOptions, generate
-from chains.streaming.redis_store import (
-    FINISHED_KEY,
-    LIVE_KEY,
-    RedisRunStore,
-    events_key,
-    meta_key,
-)
+from chains.streaming.redis_mirror import FINISHED_KEY, LIVE_KEY, events_key, meta_key
+from chains.streaming.redis_store import RedisRunStore
 from chains.streaming.run import InvalidEventId, Run
 from chains.streaming.store import (
     RunLimits,
@@ -97,7 +92,7 @@ async def test_a_run_generating_on_a_is_replayed_and_followed_through_b(replicas
 async def test_resume_through_b_after_any_event_loses_and_repeats_nothing(replicas: tuple[RedisRunStore, ...]) -> None:
     a, b = replicas
     run = await start(a, tokens=6)
-    await until(lambda: run.finished and run.id not in a.live)
+    await until(lambda: run.finished and run.id not in a.mirror.live)
     full = parse_sse(b"".join(run.events).decode())
     for k in range(len(full) - 1):
         after = await read_all(await b.listen(run.id, None, f"{run.id}:{k}"))
@@ -110,7 +105,7 @@ async def test_b_refuses_what_a_would_refuse(replicas: tuple[RedisRunStore, ...]
     a, b = replicas
     run = await start(a, tokens=3, owner="key-1")
     other = await start(a, tokens=3, owner="key-1")
-    await until(lambda: run.finished and other.finished and not a.live)
+    await until(lambda: run.finished and other.finished and not a.mirror.live)
     with pytest.raises(RunNotFound):
         await b.listen(run.id, "key-2", None)  # another key: as if it did not exist
     with pytest.raises(RunNotFound):
@@ -160,7 +155,7 @@ async def test_max_live_counts_the_runs_of_every_replica(url: str) -> None:
             await a.create(None, "continue")
         assert a.stats()["live"] == 1 and a.stats()["started"] == 1  # the refused run left nothing behind
         await b.cancel(second.id, None)
-        await until(lambda: second.id not in b.live)
+        await until(lambda: second.id not in b.mirror.live)
         await start(a, tokens=1)  # a place is free again
     finally:
         await a.close()
@@ -172,7 +167,7 @@ async def test_finished_runs_expire_and_the_oldest_are_forgotten(url: str) -> No
     client = redis.Redis.from_url(url)
     try:
         runs = [await start(a, tokens=2) for _ in range(3)]
-        await until(lambda: not a.live)
+        await until(lambda: not a.mirror.live)
         with pytest.raises(RunNotFound):  # the oldest of three, beyond RUN_MAX_FINISHED
             await b.listen(runs[0].id, None, None)
         assert client.zcard(FINISHED_KEY) == 2 and client.zcard(LIVE_KEY) == 0
@@ -190,7 +185,7 @@ async def test_a_long_run_keeps_its_newest_events_and_an_older_resume_is_refused
     a, b = RedisRunStore(url, RunLimits(max_events=16)), RedisRunStore(url, RunLimits())
     try:
         run = await start(a, tokens=40)
-        await until(lambda: not a.live)
+        await until(lambda: not a.mirror.live)
         kept = [int(entry_id.split(b"-")[1]) - 1 for entry_id, _ in
                 redis.Redis.from_url(url).xrange(events_key(run.id))]
         assert 8 <= len(kept) <= 16 and kept == list(range(kept[0], 42))  # the newest, without a hole
@@ -228,7 +223,7 @@ async def test_redis_lost_mid_run_local_listeners_go_on_and_it_recovers() -> Non
         during = await start(a, tokens=5)  # new runs generate (here only) while Redis is away
         await until(lambda: during.finished)
         server = start_redis(server.port)  # empty: nothing was persisted
-        await until(lambda: a.healthy and not a.dirty)
+        await until(lambda: a.mirror.healthy and not a.mirror.dirty)
         # The run that spanned the outage and the one started during it are written again, whole.
         replay = await read_all(await b.listen(during.id, None, None))
         assert tokens_of(replay) == scripted_tokens(5)
