@@ -27,11 +27,7 @@ from chains.common.keys import FailedAuth, KeyMatcher
 from chains.common.responses import ERROR_RESPONSES, install_error_handlers
 from chains.common.settings import ConfigError, Settings, load_settings
 from chains.hosting.heap import settle_heap
-from chains.hosting.http_protocol import (
-    LIMITS_STATE,
-    LIVE_STREAMS_STATE,
-    ConnectionLimits,
-)
+from chains.hosting.http_protocol import LIMITS_STATE, LIVE_STREAMS_STATE, ConnectionLimits
 from chains.hosting.static import mount_playgrounds
 from chains.middleware import install as install_middleware
 from chains.models import build_chat_model

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from chains.common.scope import BODY_SEND
+from chains.models.base import closing
 
 HEARTBEAT = b": heartbeat\n\n"
 
@@ -20,9 +20,9 @@ class TokenStreamResponse(StreamingResponse):
     The heartbeat is a comment sent only when nothing else was sent for `heartbeat_seconds` (one timer per
     stream, nothing per event). The disconnect watch reads the request channel while the events flow, so a
     client that goes away ends the stream at once, not at the next failed write: the events' iterator (a run's
-    listener) is closed, and the run's disconnect policy decides about the generation. Ours rather than sse-starlette's response, whose private lock and state we
-    had to override. The content type is exactly `text/event-stream` (SSE is UTF-8 by definition; Starlette would
-    append a charset).
+    listener) is closed, and the run's disconnect policy decides about the generation. Ours rather than
+    sse-starlette's response, whose private lock and state we had to override. The content type is exactly
+    `text/event-stream` (SSE is UTF-8 by definition; Starlette would append a charset).
     """
 
     def __init__(self, events: AsyncIterator[bytes], heartbeat_seconds: float, run_id: str | None = None) -> None:
@@ -30,6 +30,7 @@ class TokenStreamResponse(StreamingResponse):
         if run_id is not None:
             headers["X-Run-Id"] = run_id
         super().__init__(events, headers=headers)
+        self.events = events  # Starlette's body_iterator, as we typed it
         self.heartbeat_seconds = heartbeat_seconds
         self.last_sent = 0.0
         self.finished = False
@@ -48,16 +49,17 @@ class TokenStreamResponse(StreamingResponse):
             await asyncio.gather(*tasks, return_exceptions=True)
             # Closed even if the sending task was cancelled before it began: a listener leaving is what lets
             # the run's disconnect policy act.
-            close = getattr(self.body_iterator, "aclose", None)
+            close = getattr(self.events, "aclose", None)
             if close is not None:
                 await close()
         sending = tasks[0]
-        if sending in done and not sending.cancelled() and sending.exception() is not None:
-            raise sending.exception()  # type: ignore[misc]
+        failure = sending.exception() if sending in done and not sending.cancelled() else None
+        if failure is not None:
+            raise failure
 
     async def _send_events(self, send_chunk: Send, send: Send) -> None:
         loop = asyncio.get_running_loop()
-        async with aclosing(self.body_iterator) as events:  # type: ignore[type-var]
+        async with closing(self.events) as events:
             async for chunk in events:
                 await send_chunk({"type": "http.response.body", "body": chunk, "more_body": True})
                 self.last_sent = loop.time()

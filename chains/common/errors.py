@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 ErrorType = Literal[
     # A request refused before anything ran (middleware, the request-line protocol, the routes).
-    "bad_request", "forbidden", "method_not_allowed", "unauthorized", "too_many_auth_failures", "cross_origin", "body_too_large", "unsupported_media_type",
+    "bad_request", "forbidden", "method_not_allowed", "unauthorized", "too_many_auth_failures", "cross_origin",
+    "body_too_large", "unsupported_media_type",
     "invalid_body", "invalid_path", "not_found", "config_hash_too_long", "too_many_streams", "too_many_connections",
     "headers_too_large", "header_timeout", "body_timeout", "body_too_slow",
     # Runs (chains.api.runs): a Last-Event-ID that names no event of the run; a run store that is full or down.

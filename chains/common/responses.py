@@ -105,7 +105,7 @@ ERROR_RESPONSES = _error_responses()
 
 def openai_invalid(errors: Any) -> ErrorResponse:
     """Validation errors as OpenAI's 400: the first one, its field in `param` and in the message."""
-    first = next(iter(errors), {})
+    first: Any = next(iter(errors), {})
     first = first if isinstance(first, dict) else {"msg": str(first)}
     if first.get("type") == "json_invalid":
         return refuse(400, "invalid_body", f"the body is not valid JSON ({first.get('msg', 'decode error')})")

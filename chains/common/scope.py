@@ -30,7 +30,7 @@ OPENAI_COMPLETIONS = "/v1/chat/completions"
 def runs_the_model(path: str) -> bool:
     """LangServe's generation endpoints, the /chat routes and /v1/chat/completions; not schemas, docs, playgrounds
     or /health, nor joining or cancelling a run (`/chat/runs/…`), which starts nothing."""
-    return (path.startswith("/chat") and path != "/chat/defaults" and not path.startswith("/chat/runs/")
+    return ((path.startswith("/chat") and path != "/chat/defaults" and not path.startswith("/chat/runs/"))
             or path.rstrip("/").endswith(MODEL_ENDPOINTS) or path == OPENAI_COMPLETIONS)
 
 

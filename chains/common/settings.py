@@ -10,7 +10,7 @@ import importlib.util
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import annotated_types
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -162,8 +162,8 @@ class Settings(BaseSettings):
 
     # Observability (README, Operating it). Tracing is configured by the standard OTEL_* variables instead.
     log_format: Literal["text", "json"] = Field("text", description="the one log line per stream end "
-                                                "(logger `chains.observability.observer`): `text` (key=value) or `json` (one object a "
-                                                "line)")
+                                                "(logger `chains.observability.observer`): `text` (key=value) "
+                                                "or `json` (one object a line)")
 
     @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod
@@ -223,6 +223,7 @@ def load_settings(**overrides: object) -> Settings:
     if "_env_file" not in overrides and "ENV_FILE" in os.environ:
         overrides["_env_file"] = os.environ["ENV_FILE"] or None
     try:
+        # pydantic-settings' init takes the fields and `_env_file`; mypy sees only the fields' types.
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []
@@ -266,7 +267,7 @@ def _shown_default(name: str, field: FieldInfo) -> str:
     return f"`{value}`"
 
 
-def _number(value: float) -> str:
+def _number(value: Any) -> str:  # annotated_types' bound: a number, typed as anything comparable
     return str(int(value)) if float(value).is_integer() else repr(value)
 
 

@@ -74,6 +74,7 @@ class _Refused(Exception):
 class Utf8RequestLineProtocol(HttpToolsProtocol):
     _at_request_start = True
 
+    # uvicorn's own override narrows asyncio's BaseTransport to Transport, as this does: mypy flags both.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.limits: ConnectionLimits = self.app_state.get(LIMITS_STATE, DEFAULT_LIMITS)
@@ -85,7 +86,8 @@ class Utf8RequestLineProtocol(HttpToolsProtocol):
         self._body_started = 0.0
         self._body_paused_for = 0.0  # seconds the app was not reading (not the client's fault)
         self._body_paused_since: float | None = None
-        self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
+        self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(self.limits.header_timeout,
+                                                                             self._head_timed_out)
         self._body_timer: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
 

@@ -23,7 +23,8 @@ def mount_playgrounds(app: FastAPI, root: Path = PLAYGROUND) -> None:
         app.mount(f"/playground/{framework}", StaticFiles(directory=built if built.is_dir() else root / "not-built",
                                                           html=True), name=f"playground-{framework}")
     # The live stats page (plots /metrics; no build). Without its slash the /playground mount would answer 404.
-    app.add_route("/playground/stats", lambda request: RedirectResponse(str(request.url.replace(path="/playground/stats/"))),
+    app.add_route("/playground/stats",
+                  lambda request: RedirectResponse(str(request.url.replace(path="/playground/stats/"))),
                   include_in_schema=False)
     app.mount("/playground/stats", StaticFiles(directory=root / "stats", html=True), name="playground-stats")
     for folder in ("shared", "screenshots"):  # before /playground, which would take their paths too

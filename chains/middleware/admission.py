@@ -1,4 +1,4 @@
-"""Refuses model requests while the model's wait queue has no room for them. Pure ASGI, as every middleware here: Starlette's BaseHTTPMiddleware breaks disconnect detection on streams."""
+"""Refuses model requests while the model's wait queue has no room for them."""
 
 from __future__ import annotations
 

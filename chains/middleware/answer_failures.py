@@ -1,4 +1,4 @@
-"""Route failures answered with the one error model, and responses that fail mid-body ended cleanly. Pure ASGI, as every middleware here: Starlette's BaseHTTPMiddleware breaks disconnect detection on streams."""
+"""Route failures answered with the one error model, and responses that fail mid-body ended cleanly."""
 
 from __future__ import annotations
 

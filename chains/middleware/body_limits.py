@@ -1,4 +1,4 @@
-"""Request bodies: bounded in size, and on the model routes JSON, valid UTF-8 and not too deep. Pure ASGI, as every middleware here: Starlette's BaseHTTPMiddleware breaks disconnect detection on streams."""
+"""Request bodies: bounded in size, and on the model routes JSON, valid UTF-8 and not too deep."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Cancels LangServe's /invoke and /batch, and /v1/chat/completions, when their client goes away. Pure ASGI, as every middleware here: Starlette's BaseHTTPMiddleware breaks disconnect detection on streams."""
+"""Cancels LangServe's /invoke and /batch, and /v1/chat/completions, when their client goes away."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """LangServe's bodies checked before LangServe sees them: the shapes it mishandles, `config` keys, batch size,
-unpaired surrogates. Pure ASGI, as every middleware here: Starlette's BaseHTTPMiddleware breaks disconnect detection on streams."""
+unpaired surrogates."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def config_problem(configs: list[dict[str, Any]]) -> str | None:
         for key, (kind, described) in CONFIG_LABELS.items():
             value = config.get(key)
             if value is not None and (not isinstance(value, kind) or (
-                    key == "tags" and not all(isinstance(tag, str) for tag in value))):
+                    isinstance(value, list) and not all(isinstance(tag, str) for tag in value))):
                 return f"config: {key} must be {described}"
     unlisted = sorted({key for config in configs for key, value in config.items()
                        if key not in CONFIG_LABELS and (key not in CLIENT_DEFAULTS or CLIENT_DEFAULTS[key] != value)})
@@ -132,8 +132,8 @@ class LangServeBodies:
             return ["config"], "config: must be an object" + (" or a list of objects" if batch else "")
         # LangServe ignores `kwargs`; LangChain.js sends one object per input to /batch.
         kwargs = request.get("kwargs", {})
-        if not (isinstance(kwargs, dict) or batch and isinstance(kwargs, list)
-                and all(isinstance(one, dict) for one in kwargs)):
+        if not (isinstance(kwargs, dict) or (batch and isinstance(kwargs, list)
+                and all(isinstance(one, dict) for one in kwargs))):
             return ["kwargs"], "kwargs: must be an object" + (" or a list of objects" if batch else "")
         # Surrogates only come as \u escapes (raw bytes of one are invalid UTF-8, refused before this).
         if _SURROGATE_ESCAPE.search(body):

@@ -4,12 +4,14 @@ detection on streams); nothing per body chunk but a status check, and only an er
 
 from __future__ import annotations
 
+from contextvars import Token
 from typing import get_args
 
 import orjson
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
-from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chains.common.errors import ErrorType
@@ -44,9 +46,19 @@ def error_type(status: int, body: bytes) -> str:
             named = parsed["error"].get("code")
         if "detail" in parsed and isinstance(parsed["detail"], list):
             return "validation"
-        if named in KNOWN_ERROR_TYPES:
+        if isinstance(named, str) and named in KNOWN_ERROR_TYPES:
             return named
     return "other"
+
+
+class _Answer:
+    """What a request was answered: its status, and the start of an error's body (for its type)."""
+
+    __slots__ = ("body", "status")
+
+    def __init__(self) -> None:
+        self.status = 500
+        self.body = b""
 
 
 class ObserveRequests:
@@ -58,17 +70,18 @@ class ObserveRequests:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        answer: dict[str, object] = {"status": 500, "body": b""}
+        answer = _Answer()
 
         async def observing_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                answer["status"] = message["status"]
-            elif answer["status"] >= 400 and len(answer["body"]) < ERROR_BODY_BYTES:  # type: ignore[operator]
-                answer["body"] += message.get("body", b"")  # type: ignore[operator]
+                answer.status = message["status"]
+            elif answer.status >= 400 and len(answer.body) < ERROR_BODY_BYTES:
+                answer.body += message.get("body", b"")
             await send(message)
 
         client_token = client_address_var.set(client_address(scope))
-        span = context_token = None
+        span: Span | None = None
+        context_token: Token[Context] | None = None
         if self.tracing is not None:
             carrier = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
             span = self.tracing.tracer.start_span(
@@ -79,8 +92,8 @@ class ObserveRequests:
         try:
             await self.app(scope, receive, observing_send)
         finally:
-            status = int(answer["status"])  # type: ignore[call-overload]
-            kind = error_type(status, answer["body"]) if status >= 400 else ""  # type: ignore[arg-type]
+            status = answer.status
+            kind = error_type(status, answer.body) if status >= 400 else ""
             route = route_template(scope)
             metrics.requests.labels(route, scope["method"], str(status), kind).inc()
             client_address_var.reset(client_token)
@@ -92,4 +105,5 @@ class ObserveRequests:
                 if status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
                 span.end()
-                otel_context.detach(context_token)  # type: ignore[arg-type]
+            if context_token is not None:
+                otel_context.detach(context_token)

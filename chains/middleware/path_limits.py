@@ -1,4 +1,4 @@
-"""Paths refused before any route decodes them. Pure ASGI, as every middleware here: Starlette's BaseHTTPMiddleware breaks disconnect detection on streams."""
+"""Paths refused before any route decodes them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""At most MAX_STREAMS_PER_CLIENT model runs in flight per client address. Pure ASGI, as every middleware here: Starlette's BaseHTTPMiddleware breaks disconnect detection on streams."""
+"""At most MAX_STREAMS_PER_CLIENT model runs in flight per client address."""
 
 from __future__ import annotations
 

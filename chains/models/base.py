@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from langchain_core.callbacks import (
-    AsyncCallbackManagerForLLMRun,
-    CallbackManagerForLLMRun,
-)
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.language_models.chat_models import (
-    agenerate_from_stream,
-    generate_from_stream,
-)
+from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 
@@ -66,7 +61,21 @@ class StreamEnd:
 # What the streaming core reads of a model: each token's text as a plain `str`, then one `StreamEnd`. LangChain's
 # chunk objects are pydantic models (~8 µs each to build): on a path that only needs the text they are most of
 # what a paced token costs.
-TextStream = AsyncIterator[str | StreamEnd]
+TextStream = AsyncGenerator[str | StreamEnd, None]
+
+T = TypeVar("T")
+
+
+@asynccontextmanager
+async def closing(stream: AsyncIterator[T]) -> AsyncGenerator[AsyncIterator[T], None]:
+    """`contextlib.aclosing` for what LangChain types as a plain `AsyncIterator` (in fact an async generator, or an
+    SDK stream): closed on exit, however the block ends, so that a model stops when its reader stops."""
+    try:
+        yield stream
+    finally:
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()
 
 
 class StreamedChatModel(BaseChatModel):
@@ -115,10 +124,10 @@ def token_chunk(text: str) -> ChatGenerationChunk:
 def final_chunk(prompt_tokens: int, completion_tokens: int, finish_reason: str, model_name: str
                 ) -> ChatGenerationChunk:
     """The empty last chunk that carries usage and why the reply ended."""
-    usage = {"input_tokens": prompt_tokens, "output_tokens": completion_tokens,
-             "total_tokens": prompt_tokens + completion_tokens}
+    usage = UsageMetadata(input_tokens=prompt_tokens, output_tokens=completion_tokens,
+                          total_tokens=prompt_tokens + completion_tokens)
     message = AIMessageChunk(
-        content="", usage_metadata=usage,  # type: ignore[arg-type]
+        content="", usage_metadata=usage,
         response_metadata={"finish_reason": finish_reason, "model_name": model_name}, chunk_position="last",
     )
     return ChatGenerationChunk(message=message)

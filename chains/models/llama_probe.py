@@ -65,7 +65,7 @@ def ensure_generation_works(model_path: Path, threads: int) -> None:
     try:
         child = subprocess.run(
             [sys.executable, "-m", "chains.models.llama_probe", str(model_path), str(threads)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=PROBE_TIMEOUT_SECONDS,
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS, check=False,
         )
     except subprocess.TimeoutExpired:
         raise ConfigError(f"the llama.cpp library did not finish a {PROBE_TOKENS}-token test generation in "

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import llama_cpp
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -24,6 +24,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from llama_cpp.llama_types import ChatCompletionRequestMessage
 from pydantic import ConfigDict, PrivateAttr
 
 from chains.common.errors import ModelOverloadedError
@@ -71,7 +72,7 @@ class LlamaCppChatModel(StreamedChatModel):
 
     _llama: Llama = PrivateAttr()
     _formatter: Jinja2ChatFormatter = PrivateAttr()
-    _sampling: dict[str, float] = PrivateAttr()
+    _sampling: dict[str, Any] = PrivateAttr()  # keyword arguments of Llama.generate
     # One worker thread is the lock: every use of `_llama` runs on it, in submission order.
     _executor: ThreadPoolExecutor = PrivateAttr()
     _pending: int = PrivateAttr(default=0)
@@ -140,7 +141,8 @@ class LlamaCppChatModel(StreamedChatModel):
         try:
             if stop_flag.is_set():  # abandoned while it waited in the queue
                 return
-            prompt = self._formatter(messages=messages)
+            # Our dicts have the fields of llama.cpp's message TypedDicts (role, content).
+            prompt = self._formatter(messages=cast(list[ChatCompletionRequestMessage], messages))
             tokens = self._llama.tokenize(prompt.prompt.encode("utf-8"), add_bos=not prompt.added_special,
                                           special=True)
             if len(tokens) >= self.n_ctx:
@@ -148,7 +150,8 @@ class LlamaCppChatModel(StreamedChatModel):
             meter: UsageMeter = params["meter"]
             meter.prompt_tokens = len(tokens)
             max_tokens = min(params["max_tokens"], self.n_ctx - len(tokens))
-            stops = StopStrings([*prompt.stop, *params["stop"]])
+            template_stops = [prompt.stop] if isinstance(prompt.stop, str) else list(prompt.stop or ())
+            stops = StopStrings([*template_stops, *params["stop"]])
             if params["seed"] is not None:
                 self._llama.set_seed(params["seed"])
             # Evaluate the whole prompt every time: reusing a cached prefix changes the batch shapes, and with
@@ -221,7 +224,8 @@ class LlamaCppChatModel(StreamedChatModel):
         if isinstance(item, StreamEnd):
             return final_chunk(item.prompt_tokens or 0, item.completion_tokens or 0, item.finish_reason or "stop",
                                self.reported_model_name)
-        raise item  # type: ignore[misc]
+        assert isinstance(item, BaseException)  # the decode thread sends text, the end, or its failure
+        raise item
 
     @property
     def reported_model_name(self) -> str:
@@ -246,7 +250,8 @@ class LlamaCppChatModel(StreamedChatModel):
                     yield item
                     return
                 else:
-                    raise item  # type: ignore[misc]
+                    assert isinstance(item, BaseException)  # the decode thread's failure
+                    raise item
         finally:
             # The consumer stopped (finished, broke off, or was cancelled): decoding stops at the next token.
             stop_flag.set()

@@ -28,8 +28,17 @@ class _Series:
     """The metric series of one (route, chain, provider, model): looked up once, not at every stream's end
     (`labels()` costs a few microseconds a call, and a stream's end records eight of them)."""
 
-    __slots__ = ("open", "duration", "first_token", "per_token", "longest_gap", "input_tokens", "output_tokens",
-                 "endings", "values")
+    __slots__ = (
+        "duration",
+        "endings",
+        "first_token",
+        "input_tokens",
+        "longest_gap",
+        "open",
+        "output_tokens",
+        "per_token",
+        "values",
+    )
 
     def __init__(self, values: tuple[str, str, str, str]) -> None:
         self.values = values
@@ -52,7 +61,7 @@ class _Series:
 class _Stream:
     """The handle of one generation: its metric series, its span, its client."""
 
-    __slots__ = ("series", "span", "client")
+    __slots__ = ("client", "series", "span")
 
     def __init__(self, series: _Series, span: Span | None, client: str) -> None:
         self.series = series
@@ -92,12 +101,14 @@ class StreamsObserved:
         return _Stream(series, span, client_address.get())
 
     def first_token(self, handle: object) -> None:
-        span = handle.span  # type: ignore[attr-defined]
+        assert isinstance(handle, _Stream)  # what stream_started returned
+        span = handle.span
         if span is not None:
             span.add_event("gen_ai.first_token")
 
     def stream_ended(self, handle: object, record: StreamRecord) -> None:
-        stream: _Stream = handle  # type: ignore[assignment]
+        assert isinstance(handle, _Stream)  # what stream_started returned
+        stream = handle
         series = stream.series
         series.open.dec()
         series.ending(record.ending).inc()

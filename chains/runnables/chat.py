@@ -8,41 +8,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import aclosing
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import (
-    AIMessage,
-    AIMessageChunk,
-    BaseMessage,
-    HumanMessage,
-    SystemMessage,
-)
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.outputs import ChatGenerationChunk
-from langchain_core.runnables import (
-    Runnable,
-    RunnableConfig,
-    RunnableLambda,
-    ensure_config,
-)
-from langchain_core.runnables.config import (
-    get_async_callback_manager_for_config,
-    patch_config,
-)
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, ensure_config
+from langchain_core.runnables.config import get_async_callback_manager_for_config, patch_config
 from langsmith.utils import tracing_is_enabled
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    create_model,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from chains.common.settings import DEFAULT_SYSTEM_PROMPT
-from chains.models.base import StreamedChatModel, StreamEnd, TextStream
+from chains.models.base import StreamedChatModel, StreamEnd, TextStream, closing
 from chains.runnables.limits import conversation_size, user_text, within_limit
 
 Role = Literal["user", "assistant", "system"]
@@ -91,8 +70,8 @@ class SystemPromptInput(BaseModel):
 
     message: UserText = Field(description="the user's message")
     system_prompt: BoundedText | None = Field(
-        None, description=f"instructions for the assistant; default: the server's SYSTEM_PROMPT ({DEFAULT_SYSTEM_PROMPT!r} "
-                          "unless changed)")
+        None, description="instructions for the assistant; default: the server's SYSTEM_PROMPT "
+                          f"({DEFAULT_SYSTEM_PROMPT!r} unless changed)")
 
 
 class ConversationInput(BaseModel):
@@ -178,21 +157,23 @@ class ChatChain(Runnable[Any, str]):
         """This chain with `params` passed to each call of its model, for one request: the keyword arguments
         LangChain's chat models take per call (`max_tokens`, `temperature`, `stop`, `seed`; a provider ignores
         what it does not know). The chain itself is left as it is."""
-        return ChatChain(self.prompt, self.model, self.input_type, self.name, {**self.model_params, **params})
+        return ChatChain(self.prompt, self.model, self.input_type, self.get_name(),
+                         {**self.model_params, **params})
 
     @property
-    def InputType(self) -> Any:  # noqa: N802 - LangChain's name
+    def InputType(self) -> Any:
         return self.sequence.InputType
 
     @property
-    def OutputType(self) -> type[str]:  # noqa: N802 - LangChain's name
+    def OutputType(self) -> type[str]:
         return str
 
+    # LangChain types a sequence's schemas as pydantic v1 or v2 models; ours are built from v2 models only.
     def get_input_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
-        return self.sequence.get_input_schema(config)
+        return cast(type[BaseModel], self.sequence.get_input_schema(config))
 
     def get_output_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
-        return self.sequence.get_output_schema(config)
+        return cast(type[BaseModel], self.sequence.get_output_schema(config))
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> str:
         return self.sequence.invoke(input, config, **kwargs)
@@ -205,7 +186,7 @@ class ChatChain(Runnable[Any, str]):
 
     async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[str]:
         if _observed(config):
-            async with aclosing(self.sequence.astream(input, config, **kwargs)) as texts:
+            async with closing(self.sequence.astream(input, config, **kwargs)) as texts:
                 async for text in texts:
                     yield text
             return
@@ -237,11 +218,11 @@ class ChatChain(Runnable[Any, str]):
         try:
             messages = self.prompt(input)
             model_config = patch_config(config, callbacks=run.get_child())
-            async with aclosing(self.model.astream(messages, model_config, **self.model_params)) as chunks:
+            async with closing(self.model.astream(messages, model_config, **self.model_params)) as chunks:
                 async for chunk in chunks:
                     if chunk.content:
                         texts.append(chunk.text)
-                    yield chunk  # type: ignore[misc]
+                    yield chunk
         except BaseException as exc:  # GeneratorExit (closed) and CancelledError included: the run still ends
             await run.on_chain_error(exc)
             raise
@@ -251,12 +232,12 @@ class ChatChain(Runnable[Any, str]):
 async def _messages_of(generations: AsyncIterator[ChatGenerationChunk]) -> AsyncIterator[AIMessageChunk]:
     """A LangChain model's own chunks as messages. ChatOpenAI reports its finish reason in `generation_info`;
     LangChain's astream merges it into the message's metadata, and so does this shortcut past it."""
-    async with aclosing(generations) as stream:
+    async with closing(generations) as stream:
         async for generation in stream:
-            message = generation.message
+            message = cast(AIMessageChunk, generation.message)  # a chat model's stream: its chunks are messages
             if generation.generation_info:
                 message.response_metadata = {**generation.generation_info, **message.response_metadata}
-            yield message  # type: ignore[misc]
+            yield message
 
 
 async def _text_of_chunks(chunks: AsyncIterator[AIMessageChunk]) -> TextStream:
@@ -264,12 +245,13 @@ async def _text_of_chunks(chunks: AsyncIterator[AIMessageChunk]) -> TextStream:
     (a provider may report them on different chunks, or not at all)."""
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
-    async with aclosing(chunks) as stream:
+    async with closing(chunks) as stream:
         async for chunk in stream:
             if chunk.content:
                 yield chunk.text
             if chunk.usage_metadata:
-                usage = dict(chunk.usage_metadata)
+                usage = {"input_tokens": chunk.usage_metadata["input_tokens"],
+                         "output_tokens": chunk.usage_metadata["output_tokens"]}
             if chunk.response_metadata:
                 finish_reason = chunk.response_metadata.get("finish_reason") or finish_reason
     yield StreamEnd(finish_reason, usage["input_tokens"] if usage else None, usage["output_tokens"] if usage else None)

@@ -21,18 +21,12 @@ import time
 import weakref
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from chains.common.errors import describe_failure
 from chains.models.base import StreamEnd, TextStream, UsageMeter, usage_meter
 from chains.runnables.chat import ChatChain
-from chains.streaming.events import (
-    DoneEvent,
-    ErrorEvent,
-    EventFormat,
-    StartEvent,
-    Usage,
-)
+from chains.streaming.events import DoneEvent, ErrorEvent, EventFormat, StartEvent, Usage
 from chains.streaming.record import StreamLabels, StreamObserver, StreamRecord
 from chains.streaming.run import CancelReason, Run, RunStatus
 
@@ -271,7 +265,7 @@ class Generation:
         return Usage(prompt_tokens=meter.prompt_tokens, completion_tokens=meter.completion_tokens,
                      total_tokens=meter.prompt_tokens + meter.completion_tokens)
 
-    def _done(self, status: RunStatus) -> bytes:
+    def _done(self, status: Literal["completed", "cancelled"]) -> bytes:
         duration = time.perf_counter() - self.started
         return self.fmt.done(self._next_id(), DoneEvent(
             status=status, full_response="".join(self.texts), token_count=self.token_count, duration=duration,

@@ -24,6 +24,7 @@ from contextlib import suppress
 import redis
 import redis.asyncio as aredis
 from redis.asyncio.client import Pipeline
+from redis.typing import EncodableT, FieldT
 
 from chains.streaming.run import Run
 from chains.streaming.store import RunLimits
@@ -96,7 +97,7 @@ def entry_seq(entry_id: bytes) -> int:
 class MirroredRun:
     """A run generating in this process, as written to Redis: how far, and whether its hash exists there."""
 
-    __slots__ = ("mirror", "run", "written", "registered", "cancelled_by", "remote_listeners")
+    __slots__ = ("cancelled_by", "mirror", "registered", "remote_listeners", "run", "written")
 
     def __init__(self, mirror: RunMirror, run: Run, registered: bool) -> None:
         self.mirror = mirror
@@ -130,7 +131,7 @@ class RemoteReader:
 class _Written:
     """What one pipeline wrote of one run: to be undone if the pipeline fails."""
 
-    __slots__ = ("mirrored", "written_before", "ends")
+    __slots__ = ("ends", "mirrored", "written_before")
 
     def __init__(self, mirrored: MirroredRun, written_before: int, ends: bool) -> None:
         self.mirrored, self.written_before, self.ends = mirrored, written_before, ends
@@ -293,7 +294,7 @@ class RunMirror:
         events, first, key = run.events, run.first_seq, events_key(run.id)
         last = run.next_seq - 1 if run.finished else -1
         for seq in range(start, end):
-            fields: dict[bytes, bytes] = {b"d": events[seq - first]}
+            fields: dict[FieldT, EncodableT] = {b"d": events[seq - first]}
             if seq == last:
                 fields[b"end"] = run.status.encode()
             pipe.xadd(key, fields, id=entry_id(seq), maxlen=self.limits.max_events, approximate=False)

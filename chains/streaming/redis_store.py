@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import suppress
+from typing import cast
 from urllib.parse import urlsplit
 
 import redis
@@ -51,6 +52,11 @@ from chains.streaming.store import (
 )
 
 log = logging.getLogger(__name__)
+
+# A stream entry as Redis answers it with decode_responses off: its id and its fields, all bytes (redis-py's
+# stubs say `bytes | str` for every reply, whatever the client's decoding).
+Entry = tuple[bytes, dict[bytes, bytes]]
+StreamReply = list[tuple[bytes, list[Entry]]]
 
 START_UP_TIMEOUT = 2.0  # the synchronous ping at construction
 FOLLOW_BLOCK_MS = 5000  # a follower's XREAD BLOCK; when it comes back empty, the follower checks the run exists
@@ -149,7 +155,7 @@ class RedisRunStore:
 
     async def _meta(self, run_id: str, owner: str | None) -> dict[bytes, bytes]:
         try:
-            meta: dict[bytes, bytes] = await self.redis.hgetall(meta_key(run_id))
+            meta = cast(dict[bytes, bytes], await self.redis.hgetall(meta_key(run_id)))
         except REDIS_ERRORS:
             raise RunStoreUnavailable(UNAVAILABLE) from None
         if not meta or meta.get(b"owner", b"").decode() != (owner or ""):
@@ -164,8 +170,10 @@ class RedisRunStore:
         meta = await self._meta(run_id, owner)
         key = events_key(run_id)
         try:
-            first, last = await self.redis.pipeline(transaction=False).xrange(key, count=1).xrevrange(
-                key, count=1).execute()
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xrange(key, count=1)
+            pipe.xrevrange(key, count=1)
+            first, last = cast(tuple[list[Entry], list[Entry]], tuple(await pipe.execute()))
             last_seq, ended = (entry_seq(last[0][0]), b"end" in last[0][1]) if last else (-1, False)
             if after > last_seq and meta.get(b"status") == b"running":
                 last_seq, ended = await self._catch_up(key, after, last_seq)
@@ -184,8 +192,8 @@ class RedisRunStore:
         deadline = loop.time() + CATCH_UP_SECONDS
         ended = False
         while last_seq < after and not ended and (left := deadline - loop.time()) > 0:
-            reply = await self.followers.xread({key: entry_id(last_seq)}, count=READ_BATCH,
-                                               block=max(1, int(left * 1000)))
+            reply = cast(StreamReply | None, await self.followers.xread(
+                {key: entry_id(last_seq)}, count=READ_BATCH, block=max(1, int(left * 1000))))
             for _, entries in reply or ():
                 last_seq = entry_seq(entries[-1][0])
                 ended = b"end" in entries[-1][1]
@@ -211,7 +219,8 @@ class RedisRunStore:
                     await self.redis.publish(channel, message)
                     publish_at = loop.time() + CANCEL_REPUBLISH
                 await asyncio.sleep(CANCEL_POLL)
-                status_now, cancelled_by = await self.redis.hmget(meta_key(run_id), ["status", "cancelled_by"])
+                status_now, cancelled_by = cast(list[bytes | None], await self.redis.hmget(
+                    meta_key(run_id), ["status", "cancelled_by"]))
                 if status_now is None:
                     raise RunNotFound(run_id)
                 if status_now != b"running":
@@ -230,7 +239,7 @@ class RedisRunStore:
             return await self.local.info(run_id, owner)
         meta = await self._meta(run_id, owner)
         try:
-            last = await self.redis.xrevrange(events_key(run_id), count=1)
+            last = cast(list[Entry], await self.redis.xrevrange(events_key(run_id), count=1))
         except REDIS_ERRORS:
             raise RunStoreUnavailable(UNAVAILABLE) from None
         ended = meta.get(b"ended")
@@ -264,7 +273,7 @@ class RemoteFollower:
         self.store = store
         self.run_id = run_id
         self.key = events_key(run_id)
-        self.position = entry_id(after)  # the last entry read
+        self.position: str | bytes = entry_id(after)  # the last entry read
         self.replica = replica  # the generating process, told when this listener joins and leaves
         self.ended = False
         self.closed = False
@@ -276,7 +285,8 @@ class RemoteFollower:
         redis_ = self.store.followers
         while not (self.ended or self.closed):
             try:
-                reply = await redis_.xread({self.key: self.position}, count=READ_BATCH, block=FOLLOW_BLOCK_MS)
+                reply = cast(StreamReply | None, await redis_.xread({self.key: self.position}, count=READ_BATCH,
+                                                                    block=FOLLOW_BLOCK_MS))
                 if not reply:  # quiet for a while: has the run gone (expired, or its replica died)?
                     status = await redis_.hget(meta_key(self.run_id), "status")
                     if status != b"running":

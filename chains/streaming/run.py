@@ -60,8 +60,24 @@ class Stoppable(Protocol):
 class Run:
     """The events of one generation, in order; `seq` n is the n-th event (0: the start)."""
 
-    __slots__ = ("id", "owner", "prefix", "events", "first_seq", "status", "created", "ended", "readers",
-                 "on_disconnect", "generation", "mirror", "_waiters", "_grace", "_max_events", "_on_end")
+    __slots__ = (
+        "_grace",
+        "_max_events",
+        "_on_end",
+        "_waiters",
+        "created",
+        "ended",
+        "events",
+        "first_seq",
+        "generation",
+        "id",
+        "mirror",
+        "on_disconnect",
+        "owner",
+        "prefix",
+        "readers",
+        "status",
+    )
 
     def __init__(self, run_id: str, owner: str | None, on_disconnect: OnDisconnect, max_events: int,
                  on_end: Callable[[Run], None] | None = None) -> None:
@@ -182,7 +198,7 @@ class Listener:
     """Follows a run from after `seq` (-1: from its start): what was kept, then live events until the terminal one.
     Each step returns everything new in one piece (one write)."""
 
-    __slots__ = ("run", "position", "closed")
+    __slots__ = ("closed", "position", "run")
 
     def __init__(self, run: Run, after: int = -1) -> None:
         self.run = run

@@ -16,15 +16,7 @@ from typing import Literal, Protocol
 from pydantic import BaseModel, Field
 
 from chains.common.settings import Settings
-from chains.streaming.run import (
-    InvalidEventId,
-    Listener,
-    OnDisconnect,
-    Run,
-    RunStatus,
-    new_run_id,
-    parse_event_id,
-)
+from chains.streaming.run import InvalidEventId, Listener, OnDisconnect, Run, RunStatus, new_run_id, parse_event_id
 
 
 class RunNotFound(LookupError):
@@ -217,9 +209,7 @@ def build_run_store(settings: Settings) -> RunStore:
     limits = RunLimits(max_events=settings.run_max_events, max_live=settings.run_max_live,
                        max_finished=settings.run_max_finished, ttl=settings.run_ttl)
     if settings.run_store_url:
-        from chains.streaming.redis_store import (
-            RedisRunStore,  # only a deployment that uses Redis imports it
-        )
+        from chains.streaming.redis_store import RedisRunStore  # only a deployment that uses Redis imports it
 
         return RedisRunStore(settings.run_store_url, limits)
     return MemoryRunStore(limits)

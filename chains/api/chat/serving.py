@@ -5,19 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi.responses import JSONResponse
+from starlette.responses import Response
 
 from chains.api.chat.protocol import JSON_EVENTS, RAW_TEXT, ChatDefaults, StreamParams
 from chains.api.runs.protocol import RunCaller
 from chains.api.runs.serving import RunServing
-from chains.api.sse import TokenStreamResponse
 from chains.common.settings import Settings
-from chains.runnables.chat import (
-    ChatChain,
-    ChatMessage,
-    ConversationInput,
-    SystemPromptInput,
-)
+from chains.runnables.chat import ChatChain, ChatMessage, ConversationInput, SystemPromptInput
 from chains.streaming.generation import StreamOptions
 from chains.streaming.record import StreamLabels
 
@@ -41,12 +35,12 @@ class ChatServing:
         return StreamOptions(**{**defaults, **given})
 
     async def stream(self, route: str, chain: str, chain_input: Any, options: StreamOptions, caller: RunCaller,
-                     raw: bool = False) -> TokenStreamResponse | JSONResponse:
+                     raw: bool = False) -> Response:
         return await self.runs.start(self.chains[chain], chain_input, options, RAW_TEXT if raw else JSON_EVENTS,
                                      caller, StreamLabels(route, chain))
 
     async def chat(self, message: str | None, messages: list[ChatMessage] | None, system_prompt: str | None,
-                   params: StreamParams, caller: RunCaller) -> TokenStreamResponse | JSONResponse:
+                   params: StreamParams, caller: RunCaller) -> Response:
         """`/chat`: one message under a system prompt, or a conversation. The request model has validated every
         field with the chain input's own types and limits: the chain gets an instance it does not validate again."""
         if messages is not None:

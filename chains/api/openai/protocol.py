@@ -22,14 +22,7 @@ import time
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    WithJsonSchema,
-)
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from chains.common.errors import STATUS_OF, openai_error_body
 from chains.common.responses import ERROR_RESPONSES

@@ -24,8 +24,9 @@ LAST_EVENT_ID_DOC = ("resume after this event (`<run id>:<seq>`, the SSE `id:` o
 def parse_on_disconnect(value: str | float | None, location: list[str]) -> OnDisconnect:
     if value is None:
         return "cancel"
-    if value in ("cancel", "continue"):
-        return value  # type: ignore[return-value]
+    match value:
+        case "cancel" | "continue":
+            return value
     try:
         seconds = float(value)
     except (TypeError, ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from chains.api.chat.protocol import CHAT_EVENTS_DOC, JSON_SSE
 from chains.api.runs.protocol import LAST_EVENT_ID_DOC, run_owner
@@ -33,15 +33,16 @@ def runs_router(serving: RunServing) -> APIRouter:
         """Resume (or replay) a run's stream."""
         return await serving.join(run_id, owner, last_event_id or last_event_id_query or None)
 
-    @router.get("/chat/runs/{run_id}")
-    async def run_state(run_id: RunId, owner: Owner) -> RunInfo:
+    # The refusals are JSONResponses (404, 503), declared once for every route (chains.common.responses).
+    @router.get("/chat/runs/{run_id}", response_model=RunInfo)
+    async def run_state(run_id: RunId, owner: Owner) -> RunInfo | JSONResponse:
         """The run's state: running, completed, cancelled or failed; its events so far; when it ended."""
-        return await serving.info(run_id, owner)  # type: ignore[return-value]
+        return await serving.info(run_id, owner)
 
-    @router.post("/chat/runs/{run_id}/cancel")
-    async def cancel_run(run_id: RunId, owner: Owner) -> CancelOutcome:
+    @router.post("/chat/runs/{run_id}/cancel", response_model=CancelOutcome)
+    async def cancel_run(run_id: RunId, owner: Owner) -> CancelOutcome | JSONResponse:
         """Stop the run: every listener gets `event: done` with `status` and `finish_reason` "cancelled" and what
         was sent and used until then. A second cancel, or one after the end, answers `cancelled: false`."""
-        return await serving.cancel(run_id, owner)  # type: ignore[return-value]
+        return await serving.cancel(run_id, owner)
 
     return router
