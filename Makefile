@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUNTIME := $(VENV)/.runtime-installed
 TESTDEPS := $(VENV)/.test-installed
 
-.PHONY: install run test bench chromium clean playground rebuild-llama print-llama-cmake-args print-llama-cpp-version print-llama-wheels
+.PHONY: install run test lint bench chromium clean playground rebuild-llama print-llama-cmake-args print-llama-cpp-version print-llama-wheels
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -107,13 +107,19 @@ chromium:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 	    --no-install-recommends chromium fonts-noto-cjk fonts-noto-color-emoji curl procps redis-server; }
 
-# LangChain.js's RemoteRunnable (tests/js, pinned @langchain/core 0.3) for tests/test_remote_runnable_js.py.
+# LangChain.js's RemoteRunnable (tests/js, pinned @langchain/core 0.3) for tests/e2e/langserve/test_remote_runnable_js.py.
 JS_CLIENT_STAMP := tests/js/node_modules/.npm-ci-stamp
 $(JS_CLIENT_STAMP): tests/js/package.json tests/js/package-lock.json
 	cd tests/js && npm ci --no-audit --no-fund
 	touch $@
 
-test: $(TESTDEPS) chromium playground $(JS_CLIENT_STAMP)
+# Lint and import order (ruff) and the type check (mypy), as pyproject.toml configures them: chains/, server.py, bench/.
+LINTED := chains server.py bench
+lint: $(TESTDEPS)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/mypy
+
+test: $(TESTDEPS) chromium playground $(JS_CLIENT_STAMP) lint
 	$(BIN)/python -m pytest
 
 # Benchmarks (bench/run.py, bench/README.md): prints a markdown table, writes bench/results/latest.json. ~15 minutes

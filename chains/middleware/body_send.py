@@ -19,11 +19,11 @@ class BodySendInScope:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "http":
+            scope[BODY_SEND] = send
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                del scope[BODY_SEND]  # the scope refers to the send, the send to the scope: no cycle left behind
+        else:
             await self.app(scope, receive, send)
-            return
-        scope[BODY_SEND] = send
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            del scope[BODY_SEND]  # the scope refers to the send, the send to the scope: no cycle left behind

@@ -22,16 +22,10 @@ def build_chat_model(settings: Settings, http_async_client: Any | None = None) -
             from langchain_openai import ChatOpenAI
 
             return ChatOpenAI(
-                model=settings.openai_model,
-                api_key=settings.openai_api_key,
-                base_url=settings.openai_base_url,
-                temperature=settings.temperature,
-                max_completion_tokens=settings.max_tokens,
-                timeout=settings.openai_timeout,
-                max_retries=settings.openai_max_retries,
-                streaming=True,
-                http_async_client=http_async_client,
-            )
+                model=settings.openai_model, api_key=settings.openai_api_key, base_url=settings.openai_base_url,
+                temperature=settings.temperature, max_completion_tokens=settings.max_tokens, streaming=True,
+                timeout=settings.openai_timeout, max_retries=settings.openai_max_retries,
+                http_async_client=http_async_client)
         case "local":
             from chains.models.llama_probe import ensure_generation_works
 
@@ -43,14 +37,10 @@ def build_chat_model(settings: Settings, http_async_client: Any | None = None) -
 
             try:
                 return LlamaCppChatModel(
-                    model_path=settings.local_model_path,
-                    temperature=settings.temperature,
-                    max_tokens=settings.max_tokens,
-                    n_threads=settings.local_threads,
-                    n_ctx=settings.local_context,
+                    model_path=settings.local_model_path, temperature=settings.temperature,
+                    max_tokens=settings.max_tokens, n_threads=settings.local_threads, n_ctx=settings.local_context,
                     queue_size=settings.local_queue_size,
-                    **{name: getattr(settings, f"local_{name}") for name in LOCAL_SAMPLING},
-                )
+                    **{name: getattr(settings, f"local_{name}") for name in LOCAL_SAMPLING})
             except ValidationError as exc:  # loading happens in the model's validation
                 reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
                 raise ConfigError(f"LOCAL_MODEL_PATH: cannot load {settings.local_model_path}: {reason}") from None

@@ -62,13 +62,8 @@ class ScriptedChatModel(StreamedChatModel):
     def _final_chunk(self, messages: list[BaseMessage]) -> ChatGenerationChunk:
         return final_chunk(self._prompt_tokens(messages), self.reply_tokens, "stop", "scripted")
 
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         delay = self.token_delay_ms / 1000
         for i, token in enumerate(scripted_tokens(self.reply_tokens)):
             self._maybe_fail(i)

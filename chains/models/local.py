@@ -256,13 +256,8 @@ class LlamaCppChatModel(StreamedChatModel):
             # The consumer stopped (finished, broke off, or was cancelled): decoding stops at the next token.
             stop_flag.set()
 
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         tokens: queue.SimpleQueue[object] = queue.SimpleQueue()
         stop_flag = threading.Event()
         self._submit(messages, stop, kwargs, stop_flag, tokens.put)
