@@ -35,7 +35,6 @@ from chains.models.base import admission_queue
 from chains.observability.observer import observe
 from chains.observability.tracing import tracing_from_environment
 from chains.observability.upstream import observed_async_client
-from chains.runnables import limits
 from chains.runnables.chat import build_chains
 from chains.streaming.generation import LiveStreams
 from chains.streaming.store import build_run_store
@@ -51,7 +50,6 @@ def create_app(settings: Settings) -> FastAPI:
                        settings.log_format == "json", tracing, model)
     live = LiveStreams()  # ended at shutdown by the request-line protocol, which gets it from the lifespan state
     runs = RunServing(build_run_store(settings), settings.sse_heartbeat_seconds, observer, live)
-    limits.configure(max_input_chars=settings.max_input_chars, max_messages=settings.max_messages)
     connection_limits = ConnectionLimits(
         max_header_bytes=settings.max_header_bytes, header_timeout=settings.header_timeout,
         body_timeout=settings.body_timeout, min_body_rate=settings.min_body_rate,

@@ -2,8 +2,8 @@
 streams). `install` puts them in their one order; each `add_middleware` wraps the ones before it, so the last
 added is the outermost:
 
-    BodySendInScope → ObserveRequests → CORS → AnswerFailures → ApiKeyAuth → RequestLimits → PathLimits
-        → LangServeBodies → StreamsPerClient → ModelAdmission → CancelWhenClientLeaves → the routes
+    BodySendInScope → InputLimitsInScope → ObserveRequests → CORS → AnswerFailures → ApiKeyAuth → RequestLimits
+        → PathLimits → LangServeBodies → StreamsPerClient → ModelAdmission → CancelWhenClientLeaves → the routes
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ from chains.middleware.auth import ApiKeyAuth
 from chains.middleware.body_limits import RequestLimits
 from chains.middleware.body_send import BodySendInScope
 from chains.middleware.cancel_when_client_leaves import CancelWhenClientLeaves
+from chains.middleware.input_limits import InputLimitsInScope
 from chains.middleware.langserve_bodies import LangServeBodies
 from chains.middleware.observe import ObserveRequests
 from chains.middleware.path_limits import PathLimits
 from chains.middleware.streams_per_client import StreamsPerClient
 from chains.models.base import AdmissionQueue
 from chains.observability.tracing import Tracing
+from chains.runnables.limits import InputLimits
 
 
 def install(app: FastAPI, settings: Settings, admission: AdmissionQueue | None,
@@ -45,4 +47,6 @@ def install(app: FastAPI, settings: Settings, admission: AdmissionQueue | None,
                        allow_headers=["*"], allow_credentials=True,
                        expose_headers=["X-Run-Id"])  # a page on an allowed origin can resume or cancel its run
     app.add_middleware(ObserveRequests, tracing=tracing)  # every refusal is counted
+    # Around everything that validates a request (routes, LangServe, the body checks).
+    app.add_middleware(InputLimitsInScope, limits=InputLimits(settings.max_input_chars, settings.max_messages))
     app.add_middleware(BodySendInScope)  # outermost: streams send their chunks straight to it
