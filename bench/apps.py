@@ -18,6 +18,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator
+from typing import cast
 
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
@@ -62,9 +63,9 @@ async def health() -> dict[str, str]:
 
 
 @tutorial.post("/chat")
-async def chat(message: str, system_prompt: str = "你是一个有用的助手"):
+async def chat(message: str, system_prompt: str = "你是一个有用的助手") -> StreamingResponse:
     """完整的 Token 流式聊天"""
-    async def generate():
+    async def generate() -> AsyncIterator[str]:
         try:
             start_data = {"status": "started", "timestamp": time.time()}
             yield f"event: start\ndata: {json.dumps(start_data)}\n\n"
@@ -74,7 +75,7 @@ async def chat(message: str, system_prompt: str = "你是一个有用的助手")
             start_time = time.time()
             async for chunk in llm.astream(messages):
                 if chunk.content:
-                    full_response += chunk.content
+                    full_response += chunk.content  # type: ignore[operator]  # the tutorial's line: text content
                     token_count += 1
                     token_data = {"token": chunk.content, "token_count": token_count}
                     yield f"data: {json.dumps(token_data)}\n\n"
@@ -84,7 +85,7 @@ async def chat(message: str, system_prompt: str = "你是一个有用的助手")
                 "duration": duration, "tokens_per_second": token_count / duration if duration > 0 else 0,
             }
             yield f"event: done\ndata: {json.dumps(done_data)}\n\n"
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the tutorial's handler as it is written (the bench's baseline)
             error_data = {"error": str(e), "type": "generation_error"}
             yield f"event: error\ndata: {json.dumps(error_data)}\n\n"
 
@@ -105,7 +106,7 @@ def ours_without_a_store() -> Starlette:
         async def create(self, owner: str | None, on_disconnect: OnDisconnect) -> Run:
             return Run(new_run_id(), owner, on_disconnect, self.limits.max_events)
 
-    server.build_run_store = lambda settings: UnkeptRuns(RunLimits())  # type: ignore[assignment]
+    server.build_run_store = lambda settings: UnkeptRuns(RunLimits())
     return server.create_app(load_settings())
 
 
@@ -124,9 +125,9 @@ def ours_unobserved() -> Starlette:
 
     def install_unobserved(app: FastAPI, *args: object, **kwargs: object) -> None:
         install(app, *args, **kwargs)  # type: ignore[arg-type]
-        app.user_middleware = [m for m in app.user_middleware if m.cls is not ObserveRequests]
+        app.user_middleware = [m for m in app.user_middleware if cast(object, m.cls) is not ObserveRequests]
 
     server.observe = lambda *args, **kwargs: None  # type: ignore[assignment]
-    server.install_middleware = install_unobserved  # type: ignore[assignment]
+    server.install_middleware = install_unobserved
     return server.create_app(load_settings())
 

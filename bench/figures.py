@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +26,7 @@ from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.figure import Figure
-from matplotlib.ticker import (
-    FixedLocator,
-    FuncFormatter,
-    LogLocator,
-    MaxNLocator,
-    NullFormatter,
-)
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 Summary = dict[str, float]  # median, min, max
 Rows = dict[int, dict[str, dict[str, Summary]]]  # B3: N → stream kind → metric → summary
@@ -116,7 +110,7 @@ def new_figure(title: str, caption: str, width: float = 7.5, height: float = 4.8
     return figure, axes
 
 
-def plot_summaries(axes: Axes, xs: list[float], summaries: list[Summary], label: str, color: str,
+def plot_summaries(axes: Axes, xs: Sequence[float], summaries: Sequence[Summary], label: str, color: str,
                    **style: Any) -> None:
     """Medians as a line, min–max as error bars."""
     medians = [s["median"] for s in summaries]
@@ -207,7 +201,7 @@ def draw_b1_rates(context: Context) -> Figure | None:
 
 def draw_worker_scaling(context: Context) -> Figure | None:
     """(c) our p99 gap against workers, a line per N, against the one-worker ceiling at that N."""
-    scaled = {n: {workers_of(name): row for name, row in rows.items() if workers_of(name) is not None}
+    scaled = {n: {count: row for name, row in rows.items() if (count := workers_of(name)) is not None}
               for n, rows in context.b3.items()}
     scaled = {n: dict(sorted(by_workers.items())) for n, by_workers in scaled.items() if len(by_workers) > 1}
     if not scaled:

@@ -50,7 +50,8 @@ def loop_rate(sampling: dict[str, float], temperature: float, max_tokens: int, s
 
     path = embedded_model_path()
     assert path is not None
-    model = LlamaCppChatModel(model_path=path, temperature=temperature, max_tokens=max_tokens, **sampling)
+    model = LlamaCppChatModel.model_validate(
+        {"model_path": path, "temperature": temperature, "max_tokens": max_tokens, **sampling})
     looping: list[dict[str, Any]] = []
     started = time.monotonic()
     for prompt in prompts:
@@ -77,7 +78,8 @@ def compare(max_tokens: int = 256, prompts: list[str] = PROMPTS, seeds: tuple[in
 
 def table(result: dict[str, Any]) -> list[str]:
     lines = [f"Loop rate of the embedded model — {result['prompts']} prompts (English and Chinese, "
-             f"bench/loop_rate.py) × seeds {result['seeds']}, default system prompt, {result['max_tokens']} tokens:", "",
+             f"bench/loop_rate.py) × seeds {result['seeds']}, default system prompt, "
+             f"{result['max_tokens']} tokens:", "",
              "| sampling | looping replies | rate |", "| --- | --- | --- |"]
     for name in ("before", "after"):
         row = result[name]

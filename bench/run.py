@@ -1,10 +1,11 @@
 """`make bench`: what the streaming costs, against baselines measured in the same run.
 
 B1 stack cost — events/s of 5,000-token replies (10 a run) from a zero-delay model: a bare Starlette stream
-   (ceiling), the tutorial's handler, LangServe `/stream`, our `/chat` with the in-memory run store, with runs kept by no store,
-   and with the Redis run store (a real redis-server on loopback); our `/v1/chat/completions` streaming (OpenAI's
-   chunks, token chunks counted), next to `/chat`; what observing costs: our `/chat` with nothing recorded (off),
-   as it is (metrics on), and with tracing on too (the OTLP exporter and batch processor, to a loopback receiver).
+   (ceiling), the tutorial's handler, LangServe `/stream`, our `/chat` with the in-memory run store, with runs kept
+   by no store, and with the Redis run store (a real redis-server on loopback); our `/v1/chat/completions`
+   streaming (OpenAI's chunks, token chunks counted), next to `/chat`; what observing costs: our `/chat` with
+   nothing recorded (off), as it is (metrics on), and with tracing on too (the OTLP exporter and batch processor,
+   to a loopback receiver).
 Runs — resume latency (reconnect with Last-Event-ID → first replayed event, p50/p99), in memory and through another
    replica over Redis; memory per finished run kept for replay.
 B2 embedded model — tokens/s and time to first token: llama-cpp-python in-process vs `/chat` and
@@ -40,16 +41,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from chains.hosting import launcher
-from tests.support.servers import (
-    LiveServer,
-    clean_env,
-    free_port,
-    start_process,
-    stop_process,
-)
+from tests.support.servers import LiveServer, clean_env, free_port, start_process, stop_process
 from tests.support.sse import StreamResult, sse_request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,7 +148,8 @@ def serve(target: str, **env: str) -> Iterator[Server]:
         metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-")
         env = {"PROMETHEUS_MULTIPROC_DIR": metrics_dir, **env}
         args = [sys.executable, "-m", "uvicorn", "--factory", target, "--host", HOST, "--port", str(port),
-                "--log-level", "warning", "--no-access-log", "--http", launcher.PROTOCOL, "--backlog", str(launcher.BACKLOG)]
+                "--log-level", "warning", "--no-access-log", "--http", launcher.PROTOCOL,
+                "--backlog", str(launcher.BACKLOG)]
     else:
         args = [sys.executable, "-m", "uvicorn", target, "--host", HOST, "--port", str(port), "--log-level",
                 "warning", "--no-access-log", "--workers", str(workers), "--backlog", str(launcher.BACKLOG)]
@@ -215,11 +211,11 @@ def redis_server() -> Iterator[str]:
 def trace_sink() -> Iterator[tuple[dict[str, str], Callable[[], int]]]:
     """Tracing on as a deployment has it: the SDK's OTLP exporter and batch processor (the export is encoded and
     sent on the processor's thread), to an OTLP/HTTP receiver on loopback that counts the spans and keeps nothing
-    (`tests.otlp_receiver:counting`). Yields the settings that turn it on and a count of the spans received so far
-    (a traced run that exported nothing would have measured nothing)."""
+    (`tests.support.otlp_receiver:counting`). Yields the settings that turn it on and a count of the spans received
+    so far (a traced run that exported nothing would have measured nothing)."""
     import urllib.request
 
-    with serve("tests.otlp_receiver:counting") as sink:
+    with serve("tests.support.otlp_receiver:counting") as sink:
         def received() -> int:
             with urllib.request.urlopen(sink.url + "/_spans?count", timeout=10) as answer:
                 return int(answer.read())
@@ -372,9 +368,11 @@ def b2(sizes: Sizes) -> dict[str, Any]:
     def raw_once() -> None:
         llama.reset()  # the server evaluates the whole prompt each time too
         started, first, tokens = time.perf_counter(), None, 0
-        for chunk in llama.create_chat_completion(messages=messages, max_tokens=sizes.b2_max_tokens,  # type: ignore[arg-type]
-                                                  temperature=0, stream=True):
-            if chunk["choices"][0]["delta"].get("content"):  # type: ignore[index]
+        # With stream=True it is an iterator of chunk dicts; its declared union of both forms cannot say which.
+        chunks = cast(Iterator[dict[str, Any]], llama.create_chat_completion(
+            messages=cast(Any, messages), max_tokens=sizes.b2_max_tokens, temperature=0, stream=True))
+        for chunk in chunks:
+            if chunk["choices"][0]["delta"].get("content"):
                 tokens += 1
                 first = first or time.perf_counter()
         record("raw", started, first, time.perf_counter(), tokens)
@@ -395,6 +393,7 @@ def b2(sizes: Sizes) -> dict[str, Any]:
         run_async(stream())
 
     def http_once(kind: str, server: Server) -> None:
+        body: dict[str, Any]
         if kind == "chat":
             body, path = {"messages": [messages[1]], "system_prompt": SYSTEM_PROMPT}, "/chat"
         else:
@@ -406,7 +405,8 @@ def b2(sizes: Sizes) -> dict[str, Any]:
             server_ttft.append(float(server.live.output().rsplit("ttft_s=", 1)[1].split()[0]))
 
     def one_round(server: Server) -> None:
-        for measure in (raw_once, model_once, lambda: http_once("chat", server), lambda: http_once("langserve", server)):
+        for measure in (raw_once, model_once, lambda: http_once("chat", server),
+                        lambda: http_once("langserve", server)):
             time.sleep(SETTLE_SECONDS)
             measure()
 
@@ -637,7 +637,8 @@ def report(results: dict[str, Any], sizes: Sizes) -> str:
 def report_b1(results: dict[str, Any], sizes: Sizes) -> list[str]:
     r1 = results["B1"]
     lines = [
-        f"**B1 stack cost** — events/s of {sizes.b1_tokens:,}-token replies ({sizes.b1_replies} a run, one after another), "
+        f"**B1 stack cost** — events/s of {sizes.b1_tokens:,}-token replies ({sizes.b1_replies} a run, "
+        "one after another), "
         "zero-delay model", "",
         "| stream | events/s | vs ceiling |", "| --- | --- | --- |",
     ]
@@ -757,9 +758,7 @@ def write_results(results: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     try:
-        from bench import (
-            figures,  # matplotlib: the bench extra (`make bench` installs it)
-        )
+        from bench import figures  # matplotlib: the bench extra (`make bench` installs it)
     except ImportError as exc:
         print(f"no figures: {exc} (pip install -e '.[bench]')", file=sys.stderr)
         return
@@ -795,7 +794,8 @@ def main() -> None:
     results["table"] = table
     write_results(results, args.out)
     print(table)
-    print(f"\n({results['seconds']} s; written to {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out})")
+    shown = args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out
+    print(f"\n({results['seconds']} s; written to {shown})")
 
 
 if __name__ == "__main__":

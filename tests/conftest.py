@@ -1,5 +1,7 @@
-"""Fixtures: live servers on 127.0.0.1 (our app under the one launcher, llama.cpp's OpenAI-compatible server, the
-fault-injecting upstream) and the browser. How servers are started, logged and cleaned up: tests/support/servers.py."""
+"""Fixtures every test can use: live servers on 127.0.0.1 (our app under the one launcher, llama.cpp's
+OpenAI-compatible server, the fault-injecting upstream), `serve_app` for apps a test starts itself, and the browser.
+How servers are started, logged and cleaned up: tests/support/servers.py; the fixture factories:
+tests/support/fixtures.py."""
 
 from __future__ import annotations
 
@@ -12,17 +14,12 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from chains.common.settings import embedded_model_path
-from tests.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.support.servers import (
-    LiveServer,
-    clean_env,
-    free_port,
-    start_app,
-    start_process,
-    start_upstream,
-    stop_all,
-    stop_process,
-)
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.clients import LONG_LOCAL
+from tests.support.fixtures import Setting, app_fixture, pointed_at, serve_app, server_fixture, upstream_fixture
+from tests.support.servers import LiveServer, clean_env, free_port, start_process, stop_all
+
+__all__ = ["serve_app"]  # a fixture: imported here so that every test sees it
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -37,88 +34,49 @@ def model_path() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def fake_server() -> Iterator[LiveServer]:
-    server = start_app("fake-server", CHAT_PROVIDER="fake", FAKE_REPLY_TOKENS="20")
-    yield server
-    stop_process(server)
+fake_server = app_fixture("fake-server", scope="session", CHAT_PROVIDER="fake", FAKE_REPLY_TOKENS="20")
+slow_fake_server = app_fixture(
+    "slow-fake-server", scope="session", CHAT_PROVIDER="fake", FAKE_REPLY_TOKENS="8", FAKE_TOKEN_DELAY_MS="150",
+    SSE_HEARTBEAT_SECONDS="0.1", doc="Scripted tokens 150 ms apart, heartbeats every 0.1 s: for buffering, timeouts "
+    "and heartbeats.")
+failing_server = app_fixture(
+    "failing-server", scope="session", CHAT_PROVIDER="fake", FAKE_FAIL_AFTER="3", FAKE_TOKEN_DELAY_MS="5",
+    doc="A model that fails after 3 tokens: errors must reach the client as events, not tracebacks.")
+
+long_local_server = app_fixture(
+    "long-local-server", scope="session", **LONG_LOCAL,
+    doc="The embedded model allowed long replies: for cancellation (a 2,000-token reply takes ~20 s).")
+local_server = app_fixture("local-server", scope="session", MAX_TOKENS="24", TEMPERATURE="0",
+                           doc="The default deployment: no key set, so the embedded model. Short replies keep the "
+                           "suite quick.")
+
+fault_upstream = upstream_fixture(
+    "tests.support.fault_upstream:app", "fault-upstream",
+    doc="tests/support/fault_upstream.py: an OpenAI-compatible upstream scripted per request (hang, stall, drop, "
+    "500…).")
 
 
-@pytest.fixture(scope="session")
-def slow_fake_server() -> Iterator[LiveServer]:
-    """Scripted tokens 150 ms apart, heartbeats every 0.1 s: for buffering, timeouts and heartbeats."""
-    server = start_app("slow-fake-server", CHAT_PROVIDER="fake", FAKE_REPLY_TOKENS="8", FAKE_TOKEN_DELAY_MS="150",
-                       SSE_HEARTBEAT_SECONDS="0.1")
-    yield server
-    stop_process(server)
-
-
-@pytest.fixture(scope="session")
-def failing_server() -> Iterator[LiveServer]:
-    """A model that fails after 3 tokens: errors must reach the client as events, not tracebacks."""
-    server = start_app("failing-server", CHAT_PROVIDER="fake", FAKE_FAIL_AFTER="3", FAKE_TOKEN_DELAY_MS="5")
-    yield server
-    stop_process(server)
-
-
-@pytest.fixture(scope="session")
-def long_local_server() -> Iterator[LiveServer]:
-    """The embedded model allowed long replies: for cancellation (a 2,000-token reply takes ~20 s)."""
-    server = start_app("long-local-server", CHAT_PROVIDER="local", MAX_TOKENS="2000", TEMPERATURE="0")
-    yield server
-    stop_process(server)
-
-
-@pytest.fixture(scope="session")
-def local_server() -> Iterator[LiveServer]:
-    """The default deployment: no key set, so the embedded model. Short replies keep the suite quick."""
-    server = start_app("local-server", MAX_TOKENS="24", TEMPERATURE="0")
-    yield server
-    stop_process(server)
-
-
-@pytest.fixture(scope="module")
-def fault_upstream() -> Iterator[LiveServer]:
-    """tests/fault_upstream.py: an OpenAI-compatible upstream scripted per request (hang, stall, drop, 500…)."""
-    server = start_upstream("tests.fault_upstream:app", "fault-upstream")
-    yield server
-    stop_process(server)
-
-
-@pytest.fixture(scope="session")
-def llama_openai_upstream(model_path: Path) -> Iterator[LiveServer]:
-    """llama-cpp-python's own OpenAI-compatible server, serving the same GGUF."""
+def _llama_openai_upstream(request: pytest.FixtureRequest) -> LiveServer:
+    model: Path = request.getfixturevalue("model_path")
     port = free_port()
-    args = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--model_alias", "smollm2",
+    args = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "smollm2",
             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", str(os.cpu_count() or 1),
             # Like most servers, finish a request even when a newer one arrives: a stream nobody closes goes on.
             "--interrupt_requests", "False"]
-    server = start_process(args, clean_env(), "llama-openai-upstream", "/v1/models", port, seconds=120)
-    yield server
-    stop_process(server)
+    return start_process(args, clean_env(), "llama-openai-upstream", "/v1/models", port, seconds=120)
 
 
-def start_openai_app(name: str, upstream: LiveServer, max_tokens: int) -> LiveServer:
-    """Our app with CHAT_PROVIDER=openai pointed at the real llama.cpp server."""
-    return start_app(name, CHAT_PROVIDER="openai", OPENAI_API_KEY="sk-test-not-a-real-key",
-                     OPENAI_BASE_URL=f"{upstream.url}/v1", OPENAI_MODEL="smollm2", MAX_TOKENS=str(max_tokens),
-                     TEMPERATURE="0")
+llama_openai_upstream = server_fixture(
+    _llama_openai_upstream, scope="session",
+    doc="llama-cpp-python's own OpenAI-compatible server, serving the same GGUF.")
 
-
-@pytest.fixture(scope="session")
-def openai_server(llama_openai_upstream: LiveServer) -> Iterator[LiveServer]:
-    server = start_openai_app("openai-server", llama_openai_upstream, max_tokens=24)
-    yield server
-    stop_process(server)
-
-
-@pytest.fixture(scope="session")
-def long_openai_server(llama_openai_upstream: LiveServer) -> Iterator[LiveServer]:
-    """Long replies: the upstream serves one request at a time, so a reply it keeps generating for a client
-    that left makes the next request wait."""
-    server = start_openai_app("long-openai-server", llama_openai_upstream, max_tokens=2000)
-    yield server
-    stop_process(server)
+# Our app with CHAT_PROVIDER=openai pointed at the real llama.cpp server.
+OPENAI_APP: dict[str, Setting] = {**pointed_at("llama_openai_upstream", "smollm2"), "TEMPERATURE": "0"}
+openai_server = app_fixture("openai-server", scope="session", **OPENAI_APP, MAX_TOKENS="24")
+long_openai_server = app_fixture(
+    "long-openai-server", scope="session", **OPENAI_APP, MAX_TOKENS="2000",
+    doc="Long replies: the upstream serves one request at a time, so a reply it keeps generating for a client that "
+    "left makes the next request wait.")
 
 
 # Module scope, not session: while sync Playwright runs, its event loop is the thread's running loop, which

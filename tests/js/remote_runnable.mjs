@@ -1,6 +1,7 @@
 // LangChain.js RemoteRunnable (@langchain/core 0.3, the last JS line that ships it) against a live server.
 // Usage: node remote_runnable.mjs <base url>. Prints one JSON object: per chain, what invoke, batch and stream
-// returned, and what the server answered to a config it must refuse. tests/test_remote_runnable_js.py checks it.
+// returned, and what the server answered to a config it must refuse. tests/e2e/langserve/test_remote_runnable_js.py
+// checks it.
 import { RemoteRunnable } from "@langchain/core/runnables/remote";
 import { HumanMessage, AIMessage } from "@langchain/core/messages";
 

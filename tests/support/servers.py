@@ -13,6 +13,10 @@ Each server
   `.env` is read unless the test names one.
 
 `stop_all` stops whatever is still running (the test session's end calls it; so does interpreter exit).
+
+The one way a test runs a server for a stretch of code: `with running_app(name, **settings) as server:` (or
+`running_replicas`, `running_upstream`, `stopping(start_redis())`); pytest fixtures over it are in
+`tests.support.fixtures`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,12 +168,39 @@ def start_app(name: str, workers: int = 1, quiet: bool = False, **settings: str)
                          port)
 
 
-def start_upstream(app: str, name: str) -> LiveServer:
-    """A scripted OpenAI-compatible upstream (`tests.fault_upstream:app`, `tests.markdown_upstream:app`) under
-    uvicorn on a free loopback port."""
+def start_upstream(app: str, name: str, health_path: str = "/v1/models") -> LiveServer:
+    """A loopback server of the tests' own (`tests.support.fault_upstream:app`, `tests.support.otlp_receiver:app`…)
+    under uvicorn on a free port, up once `health_path` answers 200."""
     port = free_port()
     args = [sys.executable, "-m", "uvicorn", app, "--host", HOST, "--port", str(port), "--log-level", "warning"]
-    return start_process(args, clean_env(), name, "/v1/models", port)
+    return start_process(args, clean_env(), name, health_path, port)
+
+
+@contextmanager
+def stopping(server: LiveServer) -> Iterator[LiveServer]:
+    """`server` for the block, stopped however the block ends (stopping one already stopped does nothing)."""
+    try:
+        yield server
+    finally:
+        stop_process(server)
+
+
+def running_app(name: str, workers: int = 1, quiet: bool = False,
+                **settings: str) -> AbstractContextManager[LiveServer]:
+    """`start_app` for the block: `with running_app("name", CHAT_PROVIDER="fake") as server: …`."""
+    return stopping(start_app(name, workers, quiet, **settings))
+
+
+@contextmanager
+def running_replicas(names: tuple[str, ...], workers: int = 1, **settings: str) -> Iterator[list[LiveServer]]:
+    """One app per name, all with these settings (replicas of one deployment), for the block."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(running_app(name, workers, False, **settings)) for name in names]
+
+
+def running_upstream(app: str, name: str, health_path: str = "/v1/models") -> AbstractContextManager[LiveServer]:
+    """`start_upstream` for the block."""
+    return stopping(start_upstream(app, name, health_path))
 
 
 def stop_process(server: LiveServer, grace: float = 10) -> None:

@@ -45,7 +45,10 @@ class SSEDecoder:
         self._reset()
 
     def _reset(self) -> None:
-        self._event, self._data, self._id, self._comments, self._named = "message", [], None, [], False
+        self._event, self._named = "message", False
+        self._id: str | None = None
+        self._data: list[str] = []
+        self._comments: list[str] = []
 
     def feed(self, text: str, at: float = 0.0) -> list[Event]:
         text = self._tail + text

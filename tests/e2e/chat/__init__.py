@@ -1,0 +1,1 @@
+"""The tutorial's token stream: `/chat` and its variants, the event source, cancellation and disconnects."""

@@ -1,0 +1,1 @@
+"""The typewriter front ends in headless Chromium: streaming, markdown, runs, the stats page."""

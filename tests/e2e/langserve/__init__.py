@@ -1,0 +1,1 @@
+"""LangServe's routes, playgrounds, RemoteRunnable (Python and JS) and the chains' prompts."""

@@ -1,0 +1,1 @@
+"""Runs: resume with Last-Event-ID, cancel, the disconnect policy, the memory and Redis run stores."""

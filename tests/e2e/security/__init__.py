@@ -1,0 +1,1 @@
+"""Security: the attack suite, limits, API keys."""
