@@ -175,7 +175,7 @@ class LocalQueueObserved:
         self.running.dec()
 
 
-def configure_stream_log(json_lines: bool) -> None:
+def add_stream_log_handler(json_lines: bool) -> None:
     """The stream log's own handler (uvicorn configures only its own loggers): one line a stream, on stderr."""
     if stream_log.handlers:
         return
@@ -189,7 +189,7 @@ def configure_stream_log(json_lines: bool) -> None:
 def observe(provider: str, model: str, temperature: float, max_tokens: int, json_log: bool,
             tracing: Tracing | None, chat_model: object = None) -> StreamsObserved:
     """The observer for the streaming core; the local model's queue reports to the metrics too."""
-    configure_stream_log(json_log)
+    add_stream_log_handler(json_log)
     observe_queue = getattr(chat_model, "observe_queue", None)
     if observe_queue is not None:
         observe_queue(LocalQueueObserved(model))

@@ -134,7 +134,9 @@ def test_markdown_renders_as_it_streams_and_the_model_text_never_runs(markdown_s
     open_code = [s["code"] for s in states if s["code"] is not None and s["code"] != CODE]
     assert open_code and all(CODE.startswith(c) for c in open_code), open_code
     assert any(s["cursorIn"] == "CODE" for s in states)
-    assert {1, 2, 3} <= {s["counts"]["li"] for s in states}
+    # Shown while it grows: a list of fewer items than the last, before the reply ends (a front end may draw two
+    # pieces in one frame when the machine is busy, so which counts are seen depends on load: not asserted).
+    assert any(0 < s["counts"]["li"] < 3 for s in states[:-1]), [s["counts"]["li"] for s in states]
     assert states[-1]["cursorIn"] is None and states[-1]["html"] == chat.reply_html()
 
     # Copy puts the code block's text on the clipboard.

@@ -8,7 +8,7 @@ import pytest
 
 from chains.common.scope import MODEL_RUNS
 from chains.middleware.streams_per_client import StreamsPerClient
-from tests.unit.asgi import Inner, call, scope
+from tests.support.asgi import Inner, call, scope
 
 
 async def test_at_most_limit_model_runs_in_flight_per_client_address() -> None:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from chains.api.sse import TokenStreamResponse
 from chains.common.scope import BODY_SEND
 from chains.middleware.body_send import BodySendInScope
-from tests.unit.asgi import call, scope
+from tests.support.asgi import call, scope
 
 
 class Watching:

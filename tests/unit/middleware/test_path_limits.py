@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chains.middleware.path_limits import PathLimits
-from tests.unit.asgi import Inner, call, scope
+from tests.support.asgi import Inner, call, scope
 
 
 @pytest.mark.parametrize(("path", "status", "kind"), [

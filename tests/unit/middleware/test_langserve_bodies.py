@@ -15,7 +15,7 @@ from chains.middleware.langserve_bodies import (
     config_problem,
     lone_surrogate_at,
 )
-from tests.unit.asgi import Client, Inner, call, scope
+from tests.support.asgi import Client, Inner, call, scope
 
 
 async def post(path: str, body: Any, max_batch_inputs: int = 4) -> tuple[Any, Inner]:

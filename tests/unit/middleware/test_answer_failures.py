@@ -10,7 +10,7 @@ import pytest
 
 from chains.common.errors import ModelOverloadedError
 from chains.middleware.answer_failures import AnswerFailures
-from tests.unit.asgi import call, scope
+from tests.support.asgi import call, scope
 
 
 def failing_with(exc: Exception, sent: list[dict[str, object]] = ()):  # type: ignore[assignment]

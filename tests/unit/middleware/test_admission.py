@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from chains.common.scope import MODEL_RUNS
 from chains.middleware.admission import ModelAdmission
-from tests.unit.asgi import Inner, call, scope
+from tests.support.asgi import Inner, call, scope
 
 
 async def test_model_requests_are_refused_when_the_queue_has_no_room() -> None:

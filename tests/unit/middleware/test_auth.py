@@ -1,5 +1,5 @@
 """chains.middleware.auth's ApiKeyAuth in-process: 401 for API calls, a redirect to sign in for a browser, 429 for
-an address that sent too many wrong keys. (The key matcher itself: tests/test_auth_keys.py.)"""
+an address that sent too many wrong keys. (The key matcher itself: tests/e2e/security/test_auth_keys.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from chains.common.keys import FailedAuth, KeyMatcher
 from chains.middleware.auth import ApiKeyAuth
-from tests.unit.asgi import Inner, call, scope
+from tests.support.asgi import Inner, call, scope
 
 KEY = "key-7f3a9c"
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from chains.middleware.cancel_when_client_leaves import CancelWhenClientLeaves
-from tests.unit.asgi import Client, Inner, call, scope
+from tests.support.asgi import Client, Inner, call, scope
 
 
 class Slow:

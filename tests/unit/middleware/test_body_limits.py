@@ -10,7 +10,7 @@ import time
 import pytest
 
 from chains.middleware.body_limits import RequestLimits, json_deeper_than
-from tests.unit.asgi import Client, Inner, call, scope
+from tests.support.asgi import Client, Inner, call, scope
 
 JSON = {"content-type": "application/json"}
 
