@@ -1,7 +1,7 @@
 """Settings, read once at start-up from the environment and `.env`.
 
 A bad setting raises `ConfigError` with one line naming it; `server.py` turns that into a clean exit. Each field's
-`description` is its documentation: `python -m chains.common.settings` prints README's settings table from them.
+`description` is its documentation: `python -m chains.common.settings` prints docs/settings.md's table from them.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def embedded_model_path() -> Path | None:
 
 
 class Settings(BaseSettings):
-    """Every setting, with what it means (`settings_table()` renders README's settings table from these fields)."""
+    """Every setting, with what it means (`settings_table()` renders docs/settings.md's table from these)."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
@@ -75,7 +75,7 @@ class Settings(BaseSettings):
                                   "request, or a batch, that does not fit gets 503 + `Retry-After` before anything "
                                   "starts")
     local_seed: int = Field(-1, description="sampling seed; negative: a random one")
-    # Sampling of the local model. A 135M model without a repetition penalty loops (README: the embedded model).
+    # Sampling of the local model. A 135M model without a repetition penalty loops (docs/models.md: the embedded model).
     local_repeat_penalty: float = Field(1.2, ge=1.0, le=2.0, description="penalty on tokens seen in the last "
                                        "`LOCAL_REPEAT_LAST_N`; 1 turns it off (without it the 135M model loops)")
     local_repeat_last_n: int = Field(64, ge=0, le=4096, description="how many recent tokens the penalty looks at")
@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     sse_heartbeat_seconds: float = Field(15.0, gt=0, description="a `/chat` stream silent this long (s) sends a "
                                          "`: heartbeat` comment, which keeps it open through proxies")
 
-    # Runs (README, Runs, resume and cancel): every stream is a run kept in a bounded store.
+    # Runs (docs/runs.md): every stream is a run kept in a bounded store.
     run_store_url: str | None = Field(None, description="where runs are kept: empty for this process's memory, "
                                       "`redis://host:port/db` to share them between workers and replicas (then a "
                                       "run can be joined and cancelled through any of them)")
@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     run_ttl: float = Field(300.0, gt=0, le=86_400, description="seconds a finished run can still be joined and "
                            "replayed")
 
-    # Limits on what one request may ask (see README, Security).
+    # Limits on what one request may ask (see docs/security.md).
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body (413), by `Content-Length` "
                                 "or as a chunked body arrives")
     max_json_depth: int = Field(32, ge=4, le=1000, description="deepest nesting of a JSON body (400), checked in "
@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     max_streams_per_client: int = Field(32, ge=0, description="model runs in flight per client address, a `/batch` "
                                         "counting one per input (429 + `Retry-After`); 0: no limit")
 
-    # Hardening against slow, large and repeated requests (README, Security): the connection limits are enforced
+    # Hardening against slow, large and repeated requests (docs/security.md): the connection limits are enforced
     # by chains.hosting.http_protocol (served by the launcher, `make run`), the rest by
     # the middleware (chains.middleware).
     max_header_bytes: int = Field(65_536, ge=4096, le=16_777_216, description="request line + headers (431, "
@@ -160,7 +160,7 @@ class Settings(BaseSettings):
                                                          "port means any port (or none), elsewhere any text but "
                                                          "`/`")
 
-    # Observability (README, Operating it). Tracing is configured by the standard OTEL_* variables instead.
+    # Observability (docs/operating.md). Tracing is configured by the standard OTEL_* variables instead.
     log_format: Literal["text", "json"] = Field("text", description="the one log line per stream end "
                                                 "(logger `chains.observability.observer`): `text` (key=value) "
                                                 "or `json` (one object a line)")
@@ -238,7 +238,7 @@ def load_settings(**overrides: object) -> Settings:
     return settings.check()
 
 
-# How README's settings table shows a default that is not a plain value: None, computed, or a secret.
+# How the settings table shows a default that is not a plain value: None, computed, or a secret.
 SHOWN_DEFAULTS: dict[str, str] = {
     "chat_provider": "`openai` with `OPENAI_API_KEY`, else `local`",
     "openai_api_key": "none",
@@ -304,9 +304,9 @@ def _allowed(field: FieldInfo) -> str:
 
 
 def settings_table() -> str:
-    """README's settings table (markdown), one row a field of `Settings`: its environment name, default, the
-    values it accepts and its description. `python -m chains.common.settings` prints it; tests/test_readme.py checks
-    that README holds exactly this."""
+    """The settings table of docs/settings.md (markdown), one row a field of `Settings`: its environment name, its
+    default, the values it accepts and its description. `python -m chains.common.settings` prints it;
+    tests/test_readme.py checks that docs/settings.md holds exactly this."""
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
 

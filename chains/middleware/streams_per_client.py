@@ -13,7 +13,7 @@ from chains.common.scope import MODEL_RUNS, client_address, runs_the_model
 class StreamsPerClient:
     """At most `limit` model runs in flight per client address; more get 429 + Retry-After. A /batch counts as
     many runs as it has inputs. The address is the connection's, or the one a trusted proxy reports
-    (uvicorn's FORWARDED_ALLOW_IPS: README, Security)."""
+    (uvicorn's FORWARDED_ALLOW_IPS: docs/security.md)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app

@@ -24,7 +24,7 @@ from chains.common.settings import ConfigError
 PROBE_TIMEOUT_SECONDS = 120
 PROBE_TOKENS = 4
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "token-streaming" / "llama-probe"
-REBUILD_HINT = "rebuild it for this machine with portable flags: make rebuild-llama (README: The llama.cpp build)"
+REBUILD_HINT = "rebuild it for this machine with portable flags: make rebuild-llama (docs/models.md)"
 
 
 def _cpu_flags() -> str:

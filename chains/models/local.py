@@ -63,7 +63,7 @@ class LlamaCppChatModel(StreamedChatModel):
     n_ctx: int = 2048
     queue_size: int = 32
     seed: int = -1
-    # Sampling (the settings LOCAL_REPEAT_PENALTY and friends; see README, the embedded model).
+    # Sampling (the settings LOCAL_REPEAT_PENALTY and friends; see docs/models.md, the embedded model).
     repeat_penalty: float = 1.2
     repeat_last_n: int = 64
     top_k: int = 40

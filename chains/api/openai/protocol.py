@@ -177,7 +177,7 @@ class OpenAIErrorDetail(BaseModel):
     type: str = Field(description="OpenAI's class: invalid_request_error, authentication_error, "
                       "permission_error, not_found_error, rate_limit_error or server_error")
     param: str | None = Field(None, description="the request field at fault, e.g. `n` or `messages[0].content`")
-    code: str = Field(description="this server's error type (README, Errors)")
+    code: str = Field(description="this server's error type (docs/protocol.md, Errors)")
 
 
 class OpenAIError(BaseModel):
