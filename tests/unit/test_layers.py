@@ -7,6 +7,7 @@ import in turn within chains/."""
 from __future__ import annotations
 
 import ast
+from functools import cache
 from itertools import combinations
 from pathlib import Path
 
@@ -51,8 +52,10 @@ def package_of(module: str) -> str | None:
     return parts[1] if parts[0] == "chains" and len(parts) >= 2 and parts[1] in ORDER else None
 
 
+@cache
 def package_imports() -> dict[str, set[str]]:
-    """For each package of chains/, the other packages its modules import."""
+    """For each package of chains/, the other packages its modules import (read once: the source does not change
+    during a run)."""
     graph: dict[str, set[str]] = {package: set() for package in ORDER}
     for module, path in MODULES.items():
         source = package_of(module)

@@ -1,8 +1,8 @@
-"""chains.common.scope: which requests run the model."""
+"""chains.common.scope: which requests run the model, and who the client is."""
 
 from __future__ import annotations
 
-from chains.common.scope import runs_the_model
+from chains.common.scope import client_address, runs_the_model
 
 
 def test_which_paths_run_the_model() -> None:
@@ -11,3 +11,14 @@ def test_which_paths_run_the_model() -> None:
         assert runs_the_model(path), path
     for path in ("/chat/defaults", "/health", "/single-turn/input_schema", "/docs", "/playground/", "/sign-in"):
         assert not runs_the_model(path), path
+
+
+def test_completions_run_the_model_and_models_do_not() -> None:
+    assert runs_the_model("/v1/chat/completions")
+    assert not runs_the_model("/v1/models") and not runs_the_model("/v1/models/conversation")
+    assert not runs_the_model("/chat/runs/abc") and not runs_the_model("/chat/runs/abc/cancel")  # a run's state, cancel
+
+
+def test_the_client_is_the_connections_address() -> None:
+    assert client_address({"client": ("10.0.0.7", 50000)}) == "10.0.0.7"
+    assert client_address({"client": None}) == client_address({}) == "unknown"

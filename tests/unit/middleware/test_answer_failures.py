@@ -32,7 +32,8 @@ async def test_an_unnamed_failure_is_a_500_with_an_id_the_log_has_and_no_excepti
     assert answer.status == 500 and answer.complete
     body = answer.json()
     assert set(body) == {"error", "type", "id"} and body["type"] == "internal_error"
-    assert re.fullmatch(r"[0-9a-f]{12}", body["id"]) and body["error"] == f"internal error; the server logged it as {body['id']}"
+    assert re.fullmatch(r"[0-9a-f]{12}", body["id"])
+    assert body["error"] == f"internal error; the server logged it as {body['id']}"
     assert b"secret" not in answer.body and b"sk-key" not in answer.body and b"RuntimeError" not in answer.body
     logged = [r for r in caplog.records if body["id"] in r.getMessage()]
     assert logged and "POST /chat" in logged[0].getMessage() and logged[0].exc_info is not None

@@ -10,11 +10,7 @@ from typing import Any
 import pytest
 
 from chains.common.scope import MODEL_RUNS
-from chains.middleware.langserve_bodies import (
-    LangServeBodies,
-    config_problem,
-    lone_surrogate_at,
-)
+from chains.middleware.langserve_bodies import LangServeBodies, config_problem, lone_surrogate_at
 from tests.support.asgi import Client, Inner, call, scope
 
 

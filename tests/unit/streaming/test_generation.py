@@ -1,5 +1,6 @@
-"""The streaming core in-process, driven by the scripted model: grouping, flush, timeouts, failures, interrupts
-and the stop of the generation when the consumer goes away. No server, no sockets."""
+"""chains.streaming.generation, the streaming core, in-process, driven by the scripted model: grouping, flush,
+timeouts, failures, interrupts, the stop of the generation when the consumer goes away, what the observer gets, and
+the outcome a surface reads (`first_token()`, `failure`, `record`). No server, no sockets."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import time
 from chains.api.chat.protocol import JsonEvents
 from chains.models.fake import ScriptedChatModel, scripted_tokens
 from chains.runnables.chat import single_turn_chain
-from chains.streaming.generation import LiveStreams, StreamOptions, generate
+from chains.streaming.events import ErrorEvent
+from chains.streaming.generation import Generation, LiveStreams, StreamOptions, generate
 from chains.streaming.record import StreamLabels, StreamRecord
 from chains.streaming.run import Listener, Run, new_run_id
 from tests.support.core import token_events
@@ -164,3 +166,123 @@ async def test_the_observer_gets_one_record_per_generation_with_its_ending_and_t
     assert done.time_per_output_token <= done.longest_gap
     cancelled = observer.records[1]
     assert cancelled.finish_reason is None and cancelled.completion_tokens >= cancelled.token_events > 0  # type: ignore[operator]
+
+
+# --- the outcome: first_token, failure, record ---------------------------------------------------------------
+
+class Silent(ScriptedChatModel):
+    """A model that says nothing for `seconds`, then streams its script."""
+
+    seconds: float = 30.0
+
+    async def astream_text(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(self.seconds)
+        async for item in super().astream_text(*args, **kwargs):
+            yield item
+
+
+def generation_of(model: ScriptedChatModel, options: StreamOptions | None = None,
+                  live: LiveStreams | None = None) -> Generation:
+    run = Run(new_run_id(), None, "continue", 100_000)
+    return generate(run, single_turn_chain(model), "hi", options or StreamOptions(), JsonEvents(), live=live)
+
+
+async def until_finished(generation: Generation) -> None:
+    for _ in range(1000):
+        if generation.finished:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the generation did not finish")
+
+
+async def test_first_token_returns_none_once_a_token_is_sent_while_the_rest_still_comes() -> None:
+    generation = generation_of(ScriptedChatModel(reply_tokens=5, token_delay_ms=50))
+    assert await generation.first_token() is None
+    assert not generation.finished and generation.run.next_seq >= 2  # the start and the first token
+    assert generation.failure is None and generation.record is None  # both set when the run finishes
+    assert await generation.first_token() is None  # asked again: the same answer
+    await until_finished(generation)
+    assert generation.failure is None and generation.record is not None and generation.record.ending == "done"
+    assert generation.run.status == "completed"
+
+
+async def test_first_token_of_a_generation_that_fails_before_any_is_its_failure() -> None:
+    generation = generation_of(ScriptedChatModel(reply_tokens=5, fail_after=0))
+    failure = await generation.first_token()
+    assert failure is not None and failure is generation.failure
+    assert failure.type == "internal_error" and failure.error.startswith("internal error; the server logged it as ")
+    assert generation.run.status == "failed" and generation.record is not None
+    assert generation.record.ending == "internal_error" and generation.record.token_events == 0
+    assert generation.record.time_to_first_token is None
+
+
+async def test_first_token_of_a_timeout_before_any_is_the_timeout() -> None:
+    generation = generation_of(Silent(), StreamOptions(timeout=0.05))
+    failure = await asyncio.wait_for(generation.first_token(), 2)
+    assert failure is not None and (failure.type, failure.error) == ("timeout", "Timeout after 0.05s")
+    assert generation.failure == failure and generation.run.status == "failed"
+    assert generation.record is not None and generation.record.ending == "timeout"
+
+
+async def test_first_token_of_an_empty_reply_or_of_a_cancel_before_any_is_none() -> None:
+    empty = generation_of(ScriptedChatModel(reply_tokens=0))
+    assert await empty.first_token() is None
+    assert empty.finished and empty.failure is None and empty.run.status == "completed"
+    cancelled = generation_of(Silent())
+    await asyncio.sleep(0.01)
+    assert cancelled.cancel()
+    assert await asyncio.wait_for(cancelled.first_token(), 2) is None
+    assert cancelled.failure is None and cancelled.run.status == "cancelled"
+    assert cancelled.record is not None and cancelled.record.ending == "cancelled"
+
+
+async def test_a_waiter_that_gives_up_does_not_cancel_the_outcome_for_the_others() -> None:
+    generation = generation_of(Silent(seconds=0.05, reply_tokens=2))
+    impatient = asyncio.ensure_future(generation.first_token())
+    await asyncio.sleep(0.01)
+    impatient.cancel()  # a client that left while it waited
+    assert await asyncio.wait_for(generation.first_token(), 2) is None
+    await until_finished(generation)
+    assert generation.run.status == "completed"
+
+
+async def test_a_generation_stopped_before_it_began_still_ends_its_run() -> None:
+    generation = generation_of(ScriptedChatModel(reply_tokens=5))
+    assert generation.cancel()  # before its task took a step
+    await until_finished(generation)
+    events = parse_sse(b"".join(generation.run.events).decode())
+    assert [e.event for e in events] == ["start", "done"] and events[-1].json()["status"] == "cancelled"
+    assert generation.record is not None and generation.record.ending == "cancelled"
+
+
+async def test_a_generation_is_stopped_once_by_whichever_comes_first() -> None:
+    cancelled = generation_of(Silent())
+    assert cancelled.cancel("disconnect") and not cancelled.cancel()  # a second cancel changes nothing
+    cancelled.interrupt(ErrorEvent(error="late", type="shutdown"))  # nor does an interrupt after it
+    await until_finished(cancelled)
+    assert cancelled.run.status == "cancelled" and cancelled.record is not None
+    assert cancelled.record.ending == "disconnect"
+    interrupted = generation_of(Silent())
+    interrupted.interrupt(ErrorEvent(error="the upstream went away", type="upstream_error"))
+    assert not interrupted.cancel()
+    await until_finished(interrupted)
+    assert interrupted.failure == ErrorEvent(error="the upstream went away", type="upstream_error")
+    assert interrupted.record is not None and interrupted.record.ending == "upstream_error"
+    done = generation_of(ScriptedChatModel(reply_tokens=1))
+    await until_finished(done)
+    assert not done.cancel()
+    done.interrupt(ErrorEvent(error="too late", type="shutdown"))
+    assert done.run.status == "completed" and done.failure is None
+
+
+async def test_live_streams_count_what_is_in_flight_and_end_all_with_the_reason_given() -> None:
+    live = LiveStreams()
+    quick = generation_of(ScriptedChatModel(reply_tokens=1), live=live)
+    slow = [generation_of(Silent(), live=live) for _ in range(2)]
+    await until_finished(quick)
+    assert len(live) == 2 and not live.shutting_down
+    live.end_all(ErrorEvent(error="maintenance", type="overloaded"))
+    for generation in slow:
+        await until_finished(generation)
+        assert generation.failure == ErrorEvent(error="maintenance", type="overloaded")
+    assert len(live) == 0 and not live.shutting_down  # end_all is not the shutdown

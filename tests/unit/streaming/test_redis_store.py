@@ -17,13 +17,7 @@ from chains.streaming.generation import StreamOptions, generate
 from chains.streaming.redis_mirror import FINISHED_KEY, LIVE_KEY, events_key, meta_key
 from chains.streaming.redis_store import RedisRunStore
 from chains.streaming.run import InvalidEventId, Run
-from chains.streaming.store import (
-    RunLimits,
-    RunNotFound,
-    RunOver,
-    RunStoreFull,
-    RunStoreUnavailable,
-)
+from chains.streaming.store import RunLimits, RunNotFound, RunOver, RunStoreFull, RunStoreUnavailable
 from tests.support.servers import LiveServer, free_port, start_redis, stop_process
 from tests.support.sse import Event, parse_sse
 

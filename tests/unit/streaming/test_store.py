@@ -1,5 +1,5 @@
-"""Runs in-process: the in-memory store's bounds, resuming from any event, cancel, the disconnect policies and
-who may see a run. Driven by the scripted model; no server, no sockets."""
+"""chains.streaming.store's MemoryRunStore in-process: its bounds, resuming from any event, cancel, and who may
+see a run. Driven by the scripted model; no server, no sockets."""
 
 from __future__ import annotations
 
@@ -8,56 +8,21 @@ import time
 
 import pytest
 
-from chains.api.chat.protocol import JsonEvents
-from chains.models.fake import ScriptedChatModel, scripted_tokens
-from chains.runnables.chat import single_turn_chain
-from chains.streaming.generation import StreamOptions, generate
-from chains.streaming.run import (
-    InvalidEventId,
-    Listener,
-    OnDisconnect,
-    Run,
-    parse_event_id,
-)
+from chains.common.settings import load_settings
+from chains.models.fake import scripted_tokens
+from chains.streaming.run import InvalidEventId, Listener, parse_event_id
 from chains.streaming.store import (
     MemoryRunStore,
     RunLimits,
     RunNotFound,
     RunOver,
     RunStoreFull,
+    build_run_store,
+    check_resume,
+    resume_after,
 )
-from tests.support.sse import Event, parse_sse, run_positions
-
-JSON = JsonEvents()
-
-
-async def start(store: MemoryRunStore, owner: str | None = None, on_disconnect: OnDisconnect = "cancel",
-                options: StreamOptions = StreamOptions(), **model: object) -> Run:
-    run = await store.create(owner, on_disconnect)
-    generate(run, single_turn_chain(ScriptedChatModel(**model)), "hi", options, JSON)  # type: ignore[arg-type]
-    return run
-
-
-async def read(events: object, limit: int | None = None) -> list[Event]:
-    """Events from a listener, all of them or the first `limit` (then the listener is closed)."""
-    received: list[Event] = []
-    async for chunk in events:  # type: ignore[attr-defined]
-        received += parse_sse(chunk.decode())
-        if limit is not None and len(received) >= limit:
-            await events.aclose()  # type: ignore[attr-defined]
-            return received[:limit]  # what a client that drops here has seen
-    return received
-
-
-def tokens(events: list[Event]) -> list[str]:
-    return [e.json()["token"] for e in events if e.event == "message"]
-
-
-async def wait_until(condition: object, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
+from tests.support.sse import run_positions
+from tests.unit.streaming.runs import read, start, tokens, wait_until
 
 
 @pytest.mark.parametrize("k", [0, 1, 10, 21])  # after the start only, one token, the middle, the last token
@@ -129,31 +94,6 @@ async def test_a_run_is_visible_only_to_the_key_that_started_it() -> None:
     assert tokens(await read(await store.listen(run.id, "key-a", None))) == scripted_tokens(2)
 
 
-async def test_disconnect_policy_cancel_stops_at_once_continue_runs_to_the_end() -> None:
-    store = MemoryRunStore(RunLimits())
-    cancelled = await start(store, on_disconnect="cancel", reply_tokens=10_000, token_delay_ms=1)
-    await read(Listener(cancelled), limit=3)
-    await wait_until(lambda: cancelled.finished)
-    assert cancelled.status == "cancelled"
-    continued = await start(store, on_disconnect="continue", reply_tokens=30, token_delay_ms=1)
-    await read(Listener(continued), limit=3)
-    await wait_until(lambda: continued.finished)
-    assert continued.status == "completed"
-    assert tokens(await read(await store.listen(continued.id, None, None))) == scripted_tokens(30)
-
-
-async def test_disconnect_grace_waits_for_a_rejoin_then_cancels() -> None:
-    store = MemoryRunStore(RunLimits())
-    run = await start(store, on_disconnect=0.2, reply_tokens=10_000, token_delay_ms=1)
-    first = await read(Listener(run), limit=3)
-    await asyncio.sleep(0.05)
-    rejoined = await store.listen(run.id, None, first[-1].id)  # within the grace: the run goes on
-    more = await read(rejoined, limit=3)
-    assert not run.finished and tokens(first + more) == scripted_tokens(5)  # 2 tokens, then 3 more
-    await wait_until(lambda: run.finished, seconds=5)  # nobody rejoins: cancelled after the grace
-    assert run.status == "cancelled"
-
-
 async def test_the_store_refuses_beyond_its_live_runs_and_forgets_finished_ones() -> None:
     store = MemoryRunStore(RunLimits(max_live=2, max_finished=2, ttl=60))
     slow = [await start(store, on_disconnect="continue", reply_tokens=10_000, token_delay_ms=5) for _ in range(2)]
@@ -172,13 +112,74 @@ async def test_the_store_refuses_beyond_its_live_runs_and_forgets_finished_ones(
         await store.listen(quick[0].id, None, None)
 
 
-async def test_a_long_run_keeps_its_newest_events_and_refuses_a_resume_from_before_them() -> None:
-    store = MemoryRunStore(RunLimits(max_events=16))
-    run = await start(store, on_disconnect="continue", reply_tokens=40)
-    live = await read(Listener(run))
-    assert tokens(live) == scripted_tokens(40)  # a listener that keeps up loses nothing
-    assert len(run.events) <= 16
-    with pytest.raises(InvalidEventId, match="no longer keeps"):
-        await store.listen(run.id, None, f"{run.id}:1")
-    tail = await read(await store.listen(run.id, None, live[-4].id))
-    assert [e.id for e in tail] == [e.id for e in live[-3:]]
+# --- the resume rules, wherever a run is kept -------------------------------------------------------------------
+
+def test_a_resume_names_an_event_of_this_run() -> None:
+    run_id, other = "A" * 22, "B" * 22
+    assert resume_after(run_id, None) == -1  # from the start
+    assert resume_after(run_id, f"{run_id}:7") == 7
+    with pytest.raises(InvalidEventId, match="belongs to another run"):
+        resume_after(run_id, f"{other}:7")
+    with pytest.raises(InvalidEventId, match="is not an event id of this server"):
+        resume_after(run_id, "7")
+
+
+def test_a_resume_is_after_an_event_the_run_still_keeps() -> None:
+    run_id = "A" * 22
+    for after in (4, 7, 10):  # the run keeps seq 5…10: a resume after 4 (the one before them) to after 10
+        check_resume(run_id, after, 5, 10, ended=False)
+    with pytest.raises(InvalidEventId, match="beyond the run's events"):
+        check_resume(run_id, 11, 5, 10, ended=False)
+    with pytest.raises(InvalidEventId, match=r"no longer keeps the events after .*:3 \(it keeps the last 6\)"):
+        check_resume(run_id, 3, 5, 10, ended=False)
+    with pytest.raises(RunOver):  # after the terminal event nothing follows
+        check_resume(run_id, 10, 5, 10, ended=True)
+    check_resume(run_id, 9, 5, 10, ended=True)  # the terminal event itself still follows
+
+
+# --- the store's books ------------------------------------------------------------------------------------------
+
+async def test_a_runs_state_and_the_stores_counts_follow_its_life() -> None:
+    store = MemoryRunStore(RunLimits())
+    run = await start(store, on_disconnect="continue", reply_tokens=10_000, token_delay_ms=2)
+    listener = Listener(run)
+    await wait_until(lambda: run.next_seq > 3)
+    live = await store.info(run.id, None)
+    assert (live.run_id, live.status, live.listeners, live.ended) == (run.id, "running", 1, None)
+    assert store.stats() == {"live": 1, "finished": 0, "started": 1}
+    outcome = await store.cancel(run.id, None)
+    assert (outcome.cancelled, outcome.status, outcome.detail) == (True, "cancelled", "the run was cancelled")
+    await read(listener)
+    ended = await store.info(run.id, None)
+    assert ended.status == "cancelled" and ended.events == run.next_seq and ended.ended is not None
+    assert ended.listeners == 0 and store.stats() == {"live": 0, "finished": 1, "started": 1}
+
+
+async def test_a_run_that_never_generated_can_be_withdrawn() -> None:
+    store = MemoryRunStore(RunLimits(max_live=1))
+    run = store.create_now(None, "cancel")
+    assert store.holds(run.id)
+    with pytest.raises(RunStoreFull):
+        store.create_now(None, "cancel")
+    store.withdraw(run)  # a shared store refused it: as if never created
+    assert not store.holds(run.id) and store.stats() == {"live": 0, "finished": 0, "started": 0}
+    store.withdraw(run)  # twice: nothing more
+    assert store.stats()["started"] == 0
+    assert store.create_now(None, "cancel") is not None  # its place is free again
+
+
+async def test_with_max_finished_zero_a_finished_run_is_forgotten_at_once() -> None:
+    store = MemoryRunStore(RunLimits(max_finished=0))
+    run = await start(store, reply_tokens=2)
+    await read(Listener(run))
+    assert not store.holds(run.id)
+    with pytest.raises(RunNotFound):
+        await store.info(run.id, None)
+
+
+def test_the_settings_choose_the_memory_store_and_its_bounds() -> None:
+    settings = load_settings(_env_file=None, chat_provider="fake", run_max_events=64, run_max_live=3,
+                             run_max_finished=5, run_ttl=9)
+    store = build_run_store(settings)
+    assert isinstance(store, MemoryRunStore)
+    assert store.limits == RunLimits(max_events=64, max_live=3, max_finished=5, ttl=9)

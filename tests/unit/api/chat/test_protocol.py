@@ -36,7 +36,8 @@ def test_raw_text_sends_each_line_as_a_data_line_so_newlines_survive() -> None:
     assert data_lines("a\nb\r\nc\rd") == b"data: a\ndata: b\ndata: c\ndata: d\n"
     (event,) = parse_sse(RAW.tokens(b"r:4", "two\nlines", 1).decode())
     assert (event.id, event.data) == ("r:4", "two\nlines")
-    assert RAW.start(b"r:0", StartEvent(timestamp=0, run_id="r")) is None  # the tutorial's raw routes have no start event
+    # The tutorial's raw routes have no start event.
+    assert RAW.start(b"r:0", StartEvent(timestamp=0, run_id="r")) is None
     assert parse_sse(RAW.done(b"r:5", DoneEvent(full_response="", token_count=0, duration=0, tokens_per_second=0)
                               ).decode())[0].data == "Completed"
     cancelled = DoneEvent(status="cancelled", full_response="", token_count=0, duration=0, tokens_per_second=0)

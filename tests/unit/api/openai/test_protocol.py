@@ -1,5 +1,5 @@
 """chains.api.openai.protocol in-process: the chunk and completion encodings (checked against the `openai` SDK's
-own types), and the request model: what it accepts, what it refuses naming the field."""
+own types), the request model (what it accepts, what it refuses naming the field), and the errors /v1 declares."""
 
 from __future__ import annotations
 
@@ -11,8 +11,15 @@ from openai.types.chat import ChatCompletion as SdkCompletion
 from openai.types.chat import ChatCompletionChunk as SdkChunk
 from pydantic import ValidationError
 
-from chains.api.openai.protocol import ChatCompletionBody, ChatCompletionChunks, ChatCompletionRequest
-from chains.common.errors import openai_param
+from chains.api.openai.protocol import (
+    OPENAI_ERROR_RESPONSES,
+    ChatCompletionBody,
+    ChatCompletionChunks,
+    ChatCompletionRequest,
+    OpenAIError,
+)
+from chains.common.errors import openai_error_body, openai_param
+from chains.common.responses import ERROR_RESPONSES
 from chains.streaming.events import DoneEvent, ErrorEvent, StartEvent, Usage
 
 USAGE = Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
@@ -134,3 +141,17 @@ def test_content_parts_are_joined_and_other_parts_refused_by_their_type() -> Non
 def test_stop_is_one_string_or_up_to_four() -> None:
     assert request(stop="END").stop == ["END"]
     assert request(stop=["a", "b"]).stop == ["a", "b"]
+
+
+# --- what the /v1 operations declare ----------------------------------------------------------------------------
+
+def test_every_declared_status_is_in_openais_shape_and_400_and_404_say_what_v1_means() -> None:
+    assert sorted(OPENAI_ERROR_RESPONSES) == sorted(ERROR_RESPONSES)  # type: ignore[type-var]
+    for status, spec in OPENAI_ERROR_RESPONSES.items():
+        assert spec["model"] is OpenAIError
+        if status not in (400, 404):
+            assert spec["description"] == ERROR_RESPONSES[status]["description"]
+    assert "param" in OPENAI_ERROR_RESPONSES[400]["description"]
+    assert OPENAI_ERROR_RESPONSES[404]["description"].startswith("no such model")
+    documented = OpenAIError.model_validate(openai_error_body(404, "not_found", "no such model", "model"))
+    assert documented.model_dump() == openai_error_body(404, "not_found", "no such model", "model")
