@@ -99,6 +99,15 @@ def run_positions(ids: list[str | None]) -> tuple[str, list[int]]:
     return runs.pop(), positions
 
 
+def data_of(encoded: bytes) -> list[str]:
+    """The `data:` of each SSE event in `encoded`; each event must be exactly one data line."""
+    events = encoded.decode().split("\n\n")
+    assert events[-1] == ""
+    for event in events[:-1]:
+        assert event.startswith("data: ") and "\n" not in event and "\r" not in event, event
+    return [event.removeprefix("data: ") for event in events[:-1]]
+
+
 def parse_sse(text: str) -> list[Event]:
     """Every event of a complete stream, in order."""
     decoder = SSEDecoder()

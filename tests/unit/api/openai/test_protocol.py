@@ -21,6 +21,7 @@ from chains.api.openai.protocol import (
 from chains.common.errors import openai_error_body, openai_param
 from chains.common.responses import ERROR_RESPONSES
 from chains.streaming.events import DoneEvent, ErrorEvent, StartEvent, Usage
+from tests.support.sse import data_of
 
 USAGE = Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
 
@@ -28,15 +29,6 @@ USAGE = Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
 def done(finish_reason: str | None = "stop", usage: Usage | None = USAGE, text: str = "ab") -> DoneEvent:
     return DoneEvent(full_response=text, token_count=2, duration=0.1, tokens_per_second=20, usage=usage,
                      finish_reason=finish_reason)
-
-
-def data_of(encoded: bytes) -> list[str]:
-    """The `data:` of each SSE event in `encoded`; each event must be exactly one data line."""
-    events = encoded.decode().split("\n\n")
-    assert events[-1] == ""
-    for event in events[:-1]:
-        assert event.startswith("data: ") and "\n" not in event and "\r" not in event, event
-    return [event.removeprefix("data: ") for event in events[:-1]]
 
 
 # --- the streaming encoding ------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from chains.models.fake import ScriptedChatModel, scripted_tokens
 from chains.runnables.chat import ConversationInput, SystemPromptInput, build_chains
 from chains.streaming.store import MemoryRunStore, RunLimits
 from tests.support.asgi import Client, call, scope
+from tests.support.sse import data_of
 from tests.unit.api.app import client
 
 USER = [{"role": "user", "content": "hi"}]
@@ -32,15 +33,6 @@ CHAINS = list(build_chains(ScriptedChatModel()))  # the models /v1 serves: the c
 
 def request(**fields: Any) -> ChatCompletionRequest:
     return ChatCompletionRequest.model_validate({**BODY, **fields})
-
-
-def data_of(encoded: bytes) -> list[str]:
-    """The `data:` of each SSE event in `encoded`; each event must be exactly one data line."""
-    events = encoded.decode().split("\n\n")
-    assert events[-1] == ""
-    for event in events[:-1]:
-        assert event.startswith("data: ") and "\n" not in event and "\r" not in event, event
-    return [event.removeprefix("data: ") for event in events[:-1]]
 
 
 # --- messages onto the chains, and the caps --------------------------------------------------------------------
