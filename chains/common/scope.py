@@ -27,11 +27,27 @@ MODEL_ENDPOINTS = ("/invoke", "/batch", "/stream", "/stream_log", "/stream_event
 OPENAI_COMPLETIONS = "/v1/chat/completions"
 
 
+RUNS_PREFIX = "/chat/runs/"  # a run's state, its cancel, and joining it (chains.api.runs)
+
+
 def runs_the_model(path: str) -> bool:
     """LangServe's generation endpoints, the /chat routes and /v1/chat/completions; not schemas, docs, playgrounds
-    or /health, nor joining or cancelling a run (`/chat/runs/…`), which starts nothing."""
-    return ((path.startswith("/chat") and path != "/chat/defaults" and not path.startswith("/chat/runs/"))
+    or /health, nor a run's state, its cancel or joining it (`/chat/runs/…`), which start nothing."""
+    if path.startswith(RUNS_PREFIX):
+        return False
+    return ((path.startswith("/chat") and path != "/chat/defaults")
             or path.rstrip("/").endswith(MODEL_ENDPOINTS) or path == OPENAI_COMPLETIONS)
+
+
+def joins_a_run(path: str) -> bool:
+    """`GET /chat/runs/{id}/stream`: follows a run that is generating, and holds a stream open while it does."""
+    return path.startswith(RUNS_PREFIX) and path.endswith("/stream")
+
+
+def holds_a_stream(path: str) -> bool:
+    """What MAX_STREAMS_PER_CLIENT counts: requests that run the model, and joins of a run (each holds a
+    connection and a listener, through another replica a Redis connection too) — not a run's state or cancel."""
+    return runs_the_model(path) or joins_a_run(path)
 
 
 def client_address(scope: Scope) -> str:

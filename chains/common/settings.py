@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     local_queue_size: int = Field(32, ge=0, description="requests that may wait while the local model runs one; a "
                                   "request, or a batch, that does not fit gets 503 + `Retry-After` before anything "
                                   "starts")
+    local_queue_per_client: int = Field(8, ge=1, description="places in the local model (running or waiting) one "
+                                        "client address, or one API key, may hold; never all of them when there "
+                                        "are two or more: beyond, 429 + `Retry-After`")
     local_seed: int = Field(-1, description="sampling seed; negative: a random one")
     # Sampling of the local model. A 135M model without a repetition penalty loops (docs/models.md: the embedded model).
     local_repeat_penalty: float = Field(1.2, ge=1.0, le=2.0, description="penalty on tokens seen in the last "
@@ -121,8 +124,15 @@ class Settings(BaseSettings):
     max_input_chars: int = Field(32_000, ge=1, description="characters in one message, or in a whole conversation "
                                  "with its system prompt (422)")
     max_messages: int = Field(100, ge=1, description="turns in one conversation (422)")
-    max_streams_per_client: int = Field(32, ge=0, description="model runs in flight per client address, a `/batch` "
-                                        "counting one per input (429 + `Retry-After`); 0: no limit")
+    max_streams_per_client: int = Field(32, ge=0, description="requests in flight per client address that run the "
+                                        "model or follow a run (a `/batch` counting one per input; joins and "
+                                        "resumes count) (429 + `Retry-After`); 0: no limit")
+    max_live_runs_per_address: int = Field(32, ge=0, description="runs generating at once that one client address "
+                                           "started, connected or not (429 + `Retry-After`); with Redis, across "
+                                           "the replicas; 0: no limit")
+    max_live_runs_per_key: int = Field(128, ge=0, description="runs generating at once that one API key started, "
+                                       "from any address (429 + `Retry-After`); with Redis, across the replicas; "
+                                       "0: no limit")
 
     # Hardening against slow, large and repeated requests (docs/security.md): the connection limits are enforced
     # by chains.hosting.http_protocol (served by the launcher, `make run`), the rest by
@@ -139,6 +149,10 @@ class Settings(BaseSettings):
                                "count; 0: any")
     max_connections: int = Field(2048, ge=1, description="open connections per worker; a request arriving beyond "
                                  "it gets 503 + `Retry-After`")
+    max_connections_per_address: int = Field(256, ge=0, description="open connections per worker from one peer "
+                                             "address; beyond, or when the worker is at `MAX_CONNECTIONS`, the "
+                                             "oldest connection without a request in progress is closed first; 0: "
+                                             "no limit (behind a reverse proxy every connection is the proxy's)")
     max_batch_inputs: int = Field(16, ge=1, le=1000, description="inputs in one LangServe `/batch` (422)")
     max_config_hash_chars: int = Field(1024, ge=16, le=65_536, description="the hash in LangServe's "
                                        "`/<chain>/c/<hash>/…` paths (414), refused before LangServe decompresses it")
@@ -164,6 +178,12 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="the one log line per stream end "
                                                 "(logger `chains.observability.observer`): `text` (key=value) "
                                                 "or `json` (one object a line)")
+
+    log_full_urls: bool = Field(False, description="the access log shows query strings as sent; off, their "
+                                "values are left out (`GET /chat?message=…` carries what the user typed)")
+    session_ttl: float = Field(43_200.0, gt=0, le=2_592_000, description="seconds a sign-in cookie is valid (it "
+                               "holds a signed session, never the key); sign-out and removing the key from "
+                               "`API_KEYS` end it sooner")
 
     @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod
@@ -260,6 +280,8 @@ def _shown_default(name: str, field: FieldInfo) -> str:
     value = field.default
     if value is None:
         return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
     if isinstance(value, list):
         value = ",".join(str(item) for item in value)
     elif isinstance(value, (int, float)):
@@ -294,6 +316,8 @@ def _allowed(field: FieldInfo) -> str:
         return f"{low}, ≤ {high}{unit}" if low.startswith(">") else f"{low}–{high}{unit}"
     if low:
         return f"{low}{unit}" if low.startswith(">") else f"≥ {low}{unit}"
+    if annotation is bool:
+        return "`true`, `false`"
     if get_origin(annotation) is list or "list[" in str(annotation):
         return "a comma-separated list"
     if "Path" in str(annotation):

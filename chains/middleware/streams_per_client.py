@@ -7,7 +7,7 @@ from collections import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chains.common.responses import refuse
-from chains.common.scope import MODEL_RUNS, client_address, runs_the_model
+from chains.common.scope import MODEL_RUNS, client_address, holds_a_stream
 
 
 class StreamsPerClient:
@@ -21,7 +21,7 @@ class StreamsPerClient:
         self.in_flight: Counter[str] = Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not runs_the_model(scope["path"]) or scope["method"] == "OPTIONS":
+        if scope["type"] != "http" or not holds_a_stream(scope["path"]) or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
         client = client_address(scope)
