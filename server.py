@@ -53,7 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
     connection_limits = ConnectionLimits(
         max_header_bytes=settings.max_header_bytes, header_timeout=settings.header_timeout,
         body_timeout=settings.body_timeout, min_body_rate=settings.min_body_rate,
-        max_connections=settings.max_connections)
+        max_connections=settings.max_connections, max_connections_per_address=settings.max_connections_per_address)
     keys = (KeyMatcher(settings.api_keys), FailedAuth(settings.auth_failure_limit, settings.auth_failure_window)
             ) if settings.api_keys else None
 

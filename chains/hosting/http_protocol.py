@@ -55,6 +55,7 @@ class ConnectionLimits:
     body_timeout: float = 60.0
     min_body_rate: int = 1024
     max_connections: int = 2048
+    max_connections_per_address: int = 256  # 0: no limit
 
 
 # The keys of the lifespan state this protocol reads (server.py's lifespan yields them).
