@@ -25,6 +25,8 @@ ErrorType = Literal[
     "bad_request", "forbidden", "method_not_allowed", "unauthorized", "too_many_auth_failures", "cross_origin",
     "body_too_large", "unsupported_media_type",
     "invalid_body", "invalid_path", "not_found", "config_hash_too_long", "too_many_streams", "too_many_connections",
+    # A client over its own budget: runs generating that it started, or its share of the local model's places.
+    "too_many_runs",
     "headers_too_large", "header_timeout", "body_timeout", "body_too_slow",
     # Runs (chains.api.runs): a Last-Event-ID that names no event of the run; a run store that is full or down.
     "invalid_event_id", "run_store_full", "run_store_unavailable",
@@ -51,7 +53,7 @@ STATUS_OF: dict[ErrorType, int] = {
     "body_too_large": 413,
     "config_hash_too_long": 414,
     "unsupported_media_type": 415,
-    "too_many_streams": 429, "too_many_auth_failures": 429, "rate_limited": 429,
+    "too_many_streams": 429, "too_many_runs": 429, "too_many_auth_failures": 429, "rate_limited": 429,
     "headers_too_large": 431,
     "internal_error": 500,
     "upstream_error": 502,
@@ -63,7 +65,8 @@ STATUS_OF: dict[ErrorType, int] = {
 RETRY_AFTER_SECONDS = 1
 # The types a client should retry later: their answers carry `Retry-After`.
 RETRY_LATER: frozenset[ErrorType] = frozenset({
-    "overloaded", "rate_limited", "shutdown", "too_many_streams", "too_many_connections", "too_many_auth_failures",
+    "overloaded", "rate_limited", "shutdown", "too_many_streams", "too_many_runs", "too_many_connections",
+    "too_many_auth_failures",
     "run_store_full", "run_store_unavailable"})
 # What a status from a library (Starlette's routing, LangServe) is called here.
 KIND_OF_STATUS: dict[int, ErrorType] = {401: "unauthorized", 403: "forbidden", 404: "not_found",
@@ -109,6 +112,16 @@ class ModelOverloadedError(RuntimeError):
         self.waiting = waiting
 
 
+class ModelShareExceeded(ModelOverloadedError):
+    """One client (an address, or an API key) holds as many of the local model's places as one may
+    (LOCAL_QUEUE_PER_CLIENT): the model is not full, this client's share is."""
+
+    def __init__(self, who: str, held: int, share: int, places: int) -> None:
+        RuntimeError.__init__(self, f"this {who} holds {held} of the local model's {places} places (running or "
+                              f"waiting), the most one may (LOCAL_QUEUE_PER_CLIENT={share}); try again when one ends")
+        self.waiting = held
+
+
 class Failure(NamedTuple):
     """An exception as a client may see it."""
 
@@ -121,6 +134,8 @@ def describe_failure(exc: BaseException, what: str = "a generation") -> Failure:
     """A client-safe type and message for an exception: no traceback, no request headers, no key. One that has
     no name here is logged in full (with `what` failed) under an id, and only the id is told."""
     match exc:
+        case ModelShareExceeded():
+            return Failure("too_many_runs", str(exc))
         case ModelOverloadedError():
             return Failure("overloaded", str(exc))
         case openai.APITimeoutError() | httpx.TimeoutException():

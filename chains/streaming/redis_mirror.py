@@ -44,24 +44,46 @@ FLUSH_EVENTS = 5000  # events written by one pipeline at most
 
 REDIS_ERRORS = (redis.RedisError, OSError)
 
-# Registers a run: prunes expired leases, refuses beyond max_live (0: no limit, a run that already generates).
-# KEYS: live, meta. ARGV: now, max_live, deadline, run id, owner, replica, lease ms.
+# Registers a run: prunes expired leases and, when `check` is 1, refuses beyond max_live (0: no limit) and beyond
+# the budgets of its address and its key (0: none). A budget in force keeps the client's live runs in a sorted set
+# of its own, by lease deadline like the live set. Answers {1, 0}, or the refusal: {0, 0} the store is full,
+# {-1, n} the address has n live runs, {-2, n} the key has.
+# KEYS: live, meta, the address's set, the key's set. ARGV: now, max_live, deadline, run id, owner, replica,
+# lease ms, address, max per address, max per key, check.
 REGISTER = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local now = ARGV[1]
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local check = ARGV[11] == '1'
 local max_live = tonumber(ARGV[2])
-if max_live > 0 and redis.call('ZCARD', KEYS[1]) >= max_live then return 0 end
+if check and max_live > 0 and redis.call('ZCARD', KEYS[1]) >= max_live then return {0, 0} end
+local by_address = tonumber(ARGV[9]) > 0 and ARGV[8] ~= ''
+local by_key = tonumber(ARGV[10]) > 0 and ARGV[5] ~= ''
+if by_address then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  local n = redis.call('ZCARD', KEYS[3])
+  if check and n >= tonumber(ARGV[9]) then return {-1, n} end
+end
+if by_key then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  local n = redis.call('ZCARD', KEYS[4])
+  if check and n >= tonumber(ARGV[10]) then return {-2, n} end
+end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
-redis.call('HSET', KEYS[2], 'owner', ARGV[5], 'status', 'running', 'replica', ARGV[6], 'created', ARGV[1])
+if by_address then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4]) redis.call('PEXPIRE', KEYS[3], ARGV[7]) end
+if by_key then redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4]) redis.call('PEXPIRE', KEYS[4], ARGV[7]) end
+redis.call('HSET', KEYS[2], 'owner', ARGV[5], 'status', 'running', 'replica', ARGV[6], 'created', now)
 redis.call('PEXPIRE', KEYS[2], ARGV[7])
-return 1
+return {1, 0}
 """
 
-# Ends a run: status, leaves the live set, expires after the TTL, and the oldest finished runs beyond max_finished
-# are forgotten. KEYS: meta, events, live, finished. ARGV: status, ended, ttl ms, max_finished, run id, cutoff,
-# cancelled_by, key prefix.
+# Ends a run: status, leaves the live sets (the store's, its address's and its key's), expires after the TTL, and
+# the oldest finished runs beyond max_finished are forgotten. KEYS: meta, events, live, finished, the address's
+# set, the key's set. ARGV: status, ended, ttl ms, max_finished, run id, cutoff, cancelled_by, key prefix.
 END = """
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'ended', ARGV[2], 'cancelled_by', ARGV[7])
 redis.call('ZREM', KEYS[3], ARGV[5])
+redis.call('ZREM', KEYS[5], ARGV[5])
+redis.call('ZREM', KEYS[6], ARGV[5])
 local max_finished = tonumber(ARGV[4])
 if max_finished == 0 then redis.call('DEL', KEYS[1], KEYS[2]) return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -75,6 +97,16 @@ if excess > 0 then
 end
 return 1
 """
+
+
+def address_key(address: str | None) -> str:
+    """The sorted set of the live runs an address started (a placeholder key when there is none)."""
+    return LIVE_KEY + ":address:" + (address or "")
+
+
+def owner_key(owner: str | None) -> str:
+    """The sorted set of the live runs an API key started (a placeholder key when there is none)."""
+    return LIVE_KEY + ":key:" + (owner or "")
 
 
 def meta_key(run_id: str) -> str:
@@ -265,8 +297,10 @@ class RunMirror:
         run, limits = mirrored.run, self.limits
         key = events_key(run.id)
         if not mirrored.registered:  # new to Redis, or to write again whole: from what the run keeps
-            pipe.eval(REGISTER, 2, LIVE_KEY, meta_key(run.id), now, 0, now + LIVE_LEASE, run.id,
-                      run.owner or "", self.replica, int(LIVE_LEASE * 1000))
+            # A run that already generates: counted again (after an outage), never refused.
+            pipe.eval(REGISTER, 4, LIVE_KEY, meta_key(run.id), address_key(run.address), owner_key(run.owner), now,
+                      0, now + LIVE_LEASE, run.id, run.owner or "", self.replica, int(LIVE_LEASE * 1000),
+                      run.address or "", limits.max_live_per_address, limits.max_live_per_key, 0)
             pipe.delete(key)
             mirrored.written = run.first_seq
         start = max(mirrored.written, run.first_seq)
@@ -278,7 +312,8 @@ class RunMirror:
         self._append_events(pipe, run, start, end)
         ends = run.finished and end == run.next_seq
         if ends:
-            pipe.eval(END, 4, meta_key(run.id), key, LIVE_KEY, FINISHED_KEY, run.status, run.ended or now,
+            pipe.eval(END, 6, meta_key(run.id), key, LIVE_KEY, FINISHED_KEY, address_key(run.address),
+                      owner_key(run.owner), run.status, run.ended or now,
                       int(limits.ttl * 1000), limits.max_finished, run.id, now - limits.ttl,
                       mirrored.cancelled_by, RUN_KEY)
         elif end > start:
@@ -301,12 +336,19 @@ class RunMirror:
 
     def _renew_leases(self, pipe: Pipeline, now: float) -> None:
         lease_ms = int(LIVE_LEASE * 1000)
+        by_address, by_key = self.limits.max_live_per_address > 0, self.limits.max_live_per_key > 0
         for mirrored in self.live.values():
-            if mirrored.registered and not mirrored.run.finished:
-                run_id = mirrored.run.id
-                pipe.zadd(LIVE_KEY, {run_id: now + LIVE_LEASE}, xx=True)
-                pipe.pexpire(meta_key(run_id), lease_ms)
-                pipe.pexpire(events_key(run_id), lease_ms)
+            run = mirrored.run
+            if mirrored.registered and not run.finished:
+                deadline = {run.id: now + LIVE_LEASE}
+                pipe.zadd(LIVE_KEY, deadline, xx=True)
+                pipe.pexpire(meta_key(run.id), lease_ms)
+                pipe.pexpire(events_key(run.id), lease_ms)
+                for counted, client_key in ((by_address and run.address, address_key(run.address)),
+                                            (by_key and run.owner, owner_key(run.owner))):
+                    if counted:  # the client's set lives as long as its newest lease
+                        pipe.zadd(client_key, deadline, xx=True)
+                        pipe.pexpire(client_key, lease_ms)
 
     def _undo(self, written: list[_Written]) -> None:
         """A pipeline that failed: its runs are written again next time (an entry that got there is refused)."""

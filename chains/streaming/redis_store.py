@@ -32,10 +32,12 @@ from chains.streaming.redis_mirror import (
     REDIS_ERRORS,
     REGISTER,
     RunMirror,
+    address_key,
     entry_id,
     entry_seq,
     events_key,
     meta_key,
+    owner_key,
 )
 from chains.streaming.run import OnDisconnect, Run, RunStatus
 from chains.streaming.store import (
@@ -46,6 +48,7 @@ from chains.streaming.store import (
     RunNotFound,
     RunStoreFull,
     RunStoreUnavailable,
+    TooManyRuns,
     already_ended,
     check_resume,
     resume_after,
@@ -68,6 +71,18 @@ CANCEL_REPUBLISH = 0.5
 COMMAND_CONNECTIONS = 32  # per process: creates, joins, cancels and the flusher's pipelines
 FOLLOWER_CONNECTIONS = 1024  # per process: listeners following runs that generate elsewhere
 UNAVAILABLE = "the run store (Redis) cannot be reached; try again shortly"
+BUSY = (f"the run store (Redis) is reachable but busy: all {COMMAND_CONNECTIONS} connections this server keeps to "
+        f"it were in use for {COMMAND_TIMEOUT:g} s; try again shortly")
+
+
+def pool_exhausted(exc: BaseException) -> bool:
+    """A blocking pool that had no connection free within its timeout: Redis is up, this process is busy."""
+    return isinstance(exc, redis.ConnectionError) and str(exc) == "No connection available."
+
+
+def unavailable(exc: BaseException) -> RunStoreUnavailable:
+    """What a failed Redis command tells the client: busy (no connection free) or unreachable."""
+    return RunStoreUnavailable(BUSY if pool_exhausted(exc) else UNAVAILABLE)
 
 
 def without_secrets(url: str) -> str:
@@ -125,10 +140,10 @@ class RedisRunStore:
 
     # -- the store -------------------------------------------------------------------------------------------
 
-    async def create(self, owner: str | None, on_disconnect: OnDisconnect) -> Run:
-        mirror = self.mirror
+    async def create(self, owner: str | None, on_disconnect: OnDisconnect, address: str | None = None) -> Run:
+        mirror, limits = self.mirror, self.limits
         mirror.start()
-        run = self.local.create_now(owner, on_disconnect)
+        run = self.local.create_now(owner, on_disconnect, address)  # this process's own bounds first
         registered = False
         if mirror.healthy:
             if not self._waited_for_subscription:
@@ -139,16 +154,28 @@ class RedisRunStore:
                         await mirror.subscribed.wait()
             now = time.time()
             try:
-                registered = bool(await self.redis.eval(
-                    REGISTER, 2, LIVE_KEY, meta_key(run.id), now, self.limits.max_live, now + LIVE_LEASE, run.id,
-                    owner or "", mirror.replica, int(LIVE_LEASE * 1000)))
+                # The store's bound and the client's budgets, counted over every replica.
+                answer, live = cast(list[int], await self.redis.eval(
+                    REGISTER, 4, LIVE_KEY, meta_key(run.id), address_key(address), owner_key(owner), now,
+                    limits.max_live, now + LIVE_LEASE, run.id, owner or "", mirror.replica, int(LIVE_LEASE * 1000),
+                    address or "", limits.max_live_per_address, limits.max_live_per_key, 1))
             except REDIS_ERRORS as exc:
                 # Generate anyway: this replica serves it; the flusher registers it when Redis is back.
-                mirror.unreachable(exc)
+                if pool_exhausted(exc):
+                    log.warning("run store: no Redis connection free for %gs; a run generates here unregistered "
+                                "until the flusher writes it", COMMAND_TIMEOUT)
+                    mirror.wake.set()
+                else:
+                    mirror.unreachable(exc)
             else:
+                registered = answer == 1
                 if not registered:
                     self.local.withdraw(run)
-                    raise RunStoreFull(f"{self.limits.max_live} runs are generating across the replicas, the most "
+                    if answer == -1:
+                        raise TooManyRuns("address", live, limits.max_live_per_address)
+                    if answer == -2:
+                        raise TooManyRuns("key", live, limits.max_live_per_key)
+                    raise RunStoreFull(f"{limits.max_live} runs are generating across the replicas, the most "
                                        "the store keeps (RUN_MAX_LIVE)")
         mirror.add(run, registered)
         return run
@@ -156,8 +183,8 @@ class RedisRunStore:
     async def _meta(self, run_id: str, owner: str | None) -> dict[bytes, bytes]:
         try:
             meta = cast(dict[bytes, bytes], await self.redis.hgetall(meta_key(run_id)))
-        except REDIS_ERRORS:
-            raise RunStoreUnavailable(UNAVAILABLE) from None
+        except REDIS_ERRORS as exc:
+            raise unavailable(exc) from None
         if not meta or meta.get(b"owner", b"").decode() != (owner or ""):
             raise RunNotFound(run_id)
         return meta
@@ -177,8 +204,8 @@ class RedisRunStore:
             last_seq, ended = (entry_seq(last[0][0]), b"end" in last[0][1]) if last else (-1, False)
             if after > last_seq and meta.get(b"status") == b"running":
                 last_seq, ended = await self._catch_up(key, after, last_seq)
-        except REDIS_ERRORS:
-            raise RunStoreUnavailable(UNAVAILABLE) from None
+        except REDIS_ERRORS as exc:
+            raise unavailable(exc) from None
         check_resume(run_id, after, entry_seq(first[0][0]) if first else 0, last_seq, ended)
         replica = meta.get(b"replica", b"").decode() if meta.get(b"status") == b"running" and not ended else None
         follower = RemoteFollower(self, run_id, after, replica)
@@ -228,8 +255,8 @@ class RedisRunStore:
                         return CancelOutcome(run_id=run_id, cancelled=True, status="cancelled",
                                              detail="the run was cancelled")
                     return already_ended(run_id, known_status(status_now.decode()))
-        except REDIS_ERRORS:
-            raise RunStoreUnavailable(UNAVAILABLE) from None
+        except REDIS_ERRORS as exc:
+            raise unavailable(exc) from None
         return CancelOutcome(run_id=run_id, cancelled=False, status="cancelling", detail=(
             f"the cancel was sent to the replica generating the run, which has not confirmed it within "
             f"{CANCEL_WAIT:g}s; the run's stream tells how it ends"))
@@ -240,8 +267,8 @@ class RedisRunStore:
         meta = await self._meta(run_id, owner)
         try:
             last = cast(list[Entry], await self.redis.xrevrange(events_key(run_id), count=1))
-        except REDIS_ERRORS:
-            raise RunStoreUnavailable(UNAVAILABLE) from None
+        except REDIS_ERRORS as exc:
+            raise unavailable(exc) from None
         ended = meta.get(b"ended")
         return RunInfo(run_id=run_id, status=known_status(meta.get(b"status", b"").decode()),
                        events=entry_seq(last[0][0]) + 1 if last else 0, listeners=None,

@@ -65,6 +65,7 @@ class Run:
         "_max_events",
         "_on_end",
         "_waiters",
+        "address",
         "created",
         "ended",
         "events",
@@ -80,9 +81,10 @@ class Run:
     )
 
     def __init__(self, run_id: str, owner: str | None, on_disconnect: OnDisconnect, max_events: int,
-                 on_end: Callable[[Run], None] | None = None) -> None:
+                 on_end: Callable[[Run], None] | None = None, address: str | None = None) -> None:
         self.id = run_id
         self.owner = owner  # the API key's fingerprint when keys are set: only that key sees the run
+        self.address = address  # the client address that started it: its live runs count against that address
         self.prefix = run_id.encode() + b":"
         self.events: list[bytes] = []
         self.first_seq = 0  # seq of events[0]: a run longer than max_events keeps its newest ones

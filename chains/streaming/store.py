@@ -8,7 +8,7 @@ oldest are forgotten first when `RUN_MAX_FINISHED` would be exceeded. Nothing in
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -36,7 +36,23 @@ class RunStoreFull(RuntimeError):
 
 
 class RunStoreUnavailable(RuntimeError):
-    """The shared store cannot be reached."""
+    """The shared store cannot be reached, or has no connection free."""
+
+
+Budget = Literal["address", "key"]
+BUDGET_SETTING: dict[Budget, str] = {"address": "MAX_LIVE_RUNS_PER_ADDRESS", "key": "MAX_LIVE_RUNS_PER_KEY"}
+
+
+class TooManyRuns(RuntimeError):
+    """The client already has as many runs generating as its budget allows: the runs its address started, or its
+    API key, whether or not their connections are still open (with Redis, on every replica)."""
+
+    def __init__(self, budget: Budget, live: int, limit: int) -> None:
+        who = "client address" if budget == "address" else "API key"
+        super().__init__(f"this {who} has {live} runs generating (connected or not), the most "
+                         f"{BUDGET_SETTING[budget]}={limit} allows; wait for one to end, or cancel one "
+                         "(POST /chat/runs/{run_id}/cancel)")
+        self.budget, self.live, self.limit = budget, live, limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +61,8 @@ class RunLimits:
     max_live: int = 4096
     max_finished: int = 1000
     ttl: float = 300.0
+    max_live_per_address: int = 0  # 0: no limit
+    max_live_per_key: int = 0
 
 
 class CancelOutcome(BaseModel):
@@ -75,8 +93,9 @@ def run_info(run: Run) -> RunInfo:
 class RunStore(Protocol):
     """What the streaming surfaces need of a store."""
 
-    async def create(self, owner: str | None, on_disconnect: OnDisconnect) -> Run:
-        """A new run, generating in this process. Raises RunStoreFull (or RunStoreUnavailable)."""
+    async def create(self, owner: str | None, on_disconnect: OnDisconnect, address: str | None = None) -> Run:
+        """A new run, generating in this process, started by `owner` (a key's fingerprint, or None) from
+        `address` (None: not counted by address). Raises RunStoreFull, TooManyRuns (or RunStoreUnavailable)."""
         ...
 
     async def listen(self, run_id: str, owner: str | None, last_event_id: str | None) -> AsyncIterator[bytes]:
@@ -123,6 +142,11 @@ def check_resume(run_id: str, after: int, first_seq: int, last_seq: int, ended: 
         raise RunOver()
 
 
+def check_budget(budget: Budget, live: int, limit: int) -> None:
+    if live >= limit:
+        raise TooManyRuns(budget, live, limit)
+
+
 def already_ended(run_id: str, status: RunStatus) -> CancelOutcome:
     """A cancel that found the run ended: said plainly, with how it ended."""
     return CancelOutcome(run_id=run_id, cancelled=False, status=status,
@@ -137,22 +161,39 @@ class MemoryRunStore:
         self.live: dict[str, Run] = {}
         self.finished: OrderedDict[str, Run] = OrderedDict()  # in the order they ended: the oldest first
         self.started = 0
+        # Live runs per client, for the budgets (a Counter reads 0 for a client it has not seen, without adding it).
+        self.live_by_address: Counter[str] = Counter()
+        self.live_by_key: Counter[str] = Counter()
 
-    async def create(self, owner: str | None, on_disconnect: OnDisconnect) -> Run:
-        return self.create_now(owner, on_disconnect)
+    async def create(self, owner: str | None, on_disconnect: OnDisconnect, address: str | None = None) -> Run:
+        return self.create_now(owner, on_disconnect, address)
 
-    def create_now(self, owner: str | None, on_disconnect: OnDisconnect) -> Run:
+    def create_now(self, owner: str | None, on_disconnect: OnDisconnect, address: str | None = None) -> Run:
         self.forget_expired()
-        if len(self.live) >= self.limits.max_live:
+        limits = self.limits
+        if len(self.live) >= limits.max_live:
             raise RunStoreFull(f"{len(self.live)} runs are generating, the most this server keeps (RUN_MAX_LIVE)")
-        run = Run(new_run_id(), owner, on_disconnect, self.limits.max_events, on_end=self._ended)
+        if address is not None and limits.max_live_per_address:
+            check_budget("address", self.live_by_address[address], limits.max_live_per_address)
+        if owner is not None and limits.max_live_per_key:
+            check_budget("key", self.live_by_key[owner], limits.max_live_per_key)
+        run = Run(new_run_id(), owner, on_disconnect, limits.max_events, on_end=self._ended, address=address)
         self.live[run.id] = run
+        self._count(run, 1)
         self.started += 1
         return run
+
+    def _count(self, run: Run, step: int) -> None:
+        for counts, client in ((self.live_by_address, run.address), (self.live_by_key, run.owner)):
+            if client is not None:
+                counts[client] += step
+                if counts[client] <= 0:
+                    del counts[client]
 
     def withdraw(self, run: Run) -> None:
         """Undoes `create_now` for a run that never generated (a shared store refused it)."""
         if self.live.pop(run.id, None) is not None:
+            self._count(run, -1)
             self.started -= 1
 
     def holds(self, run_id: str) -> bool:
@@ -160,7 +201,8 @@ class MemoryRunStore:
         return run_id in self.live or run_id in self.finished
 
     def _ended(self, run: Run) -> None:
-        self.live.pop(run.id, None)
+        if self.live.pop(run.id, None) is not None:
+            self._count(run, -1)
         if self.limits.max_finished:
             self.finished[run.id] = run
             while len(self.finished) > self.limits.max_finished:
@@ -207,7 +249,9 @@ class MemoryRunStore:
 def build_run_store(settings: Settings) -> RunStore:
     """The store the settings name: Redis for `RUN_STORE_URL`, else this process's memory."""
     limits = RunLimits(max_events=settings.run_max_events, max_live=settings.run_max_live,
-                       max_finished=settings.run_max_finished, ttl=settings.run_ttl)
+                       max_finished=settings.run_max_finished, ttl=settings.run_ttl,
+                       max_live_per_address=settings.max_live_runs_per_address,
+                       max_live_per_key=settings.max_live_runs_per_key)
     if settings.run_store_url:
         from chains.streaming.redis_store import RedisRunStore  # only a deployment that uses Redis imports it
 

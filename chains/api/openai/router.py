@@ -21,7 +21,7 @@ from chains.api.openai.protocol import (
     ModelList,
 )
 from chains.api.openai.serving import OpenAIServing
-from chains.api.runs.protocol import run_owner
+from chains.api.runs.protocol import RunClient, run_client
 
 _COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {
     **OPENAI_ERROR_RESPONSES,
@@ -47,9 +47,9 @@ def openai_router(serving: OpenAIServing) -> APIRouter:
     @router.post("/chat/completions", responses=_COMPLETION_RESPONSES, response_model=ChatCompletion,
                  description=CHUNK_SSE_DOC, response_class=Response)
     async def create_chat_completion(request: ChatCompletionRequest,
-                                     owner: Annotated[str | None, Depends(run_owner)]) -> Response:
+                                     client: Annotated[RunClient, Depends(run_client)]) -> Response:
         """A reply from the chain the `model` names: a `chat.completion`, or a stream of chunks. Either is a run:
         its id is the `X-Run-Id` header."""
-        return await serving.create(request, owner)
+        return await serving.create(request, client)
 
     return router

@@ -27,6 +27,7 @@ from chains.api.openai.protocol import (
     ModelList,
     RequestMessage,
 )
+from chains.api.runs.protocol import ANONYMOUS, RunClient
 from chains.api.runs.serving import RUN_ERRORS, RunServing, run_refusal
 from chains.api.sse import TokenStreamResponse
 from chains.common.errors import STATUS_OF
@@ -116,7 +117,7 @@ class OpenAIServing:
             params["seed"] = request.seed
         return chain.with_model_params(**params) if params else chain
 
-    async def create(self, request: ChatCompletionRequest, owner: str | None = None) -> Response:
+    async def create(self, request: ChatCompletionRequest, client: RunClient = ANONYMOUS) -> Response:
         """`POST /v1/chat/completions`: the stream, or the completion."""
         if request.model not in self.chains:
             return self._no_such_model(request.model)
@@ -139,8 +140,9 @@ class OpenAIServing:
         try:
             # A run like every stream's (X-Run-Id; state, replay and cancel at /chat/runs/{run_id}), cancelled
             # when its client leaves: OpenAI's clients do not resume.
-            generation, events = await self.runs.open(chain, given, self.options(), fmt, owner, "cancel",
-                                                      StreamLabels("/v1/chat/completions", request.model))
+            generation, events = await self.runs.open(chain, given, self.options(), fmt, client.owner, "cancel",
+                                                      StreamLabels("/v1/chat/completions", request.model),
+                                                      client.address)
         except RUN_ERRORS as exc:
             return run_refusal(exc)
         if request.stream:

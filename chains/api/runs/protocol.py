@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 
-from chains.common.scope import API_KEY_ID
+from chains.common.scope import API_KEY_ID, client_address
 from chains.streaming.run import OnDisconnect
 
 MAX_GRACE_SECONDS = 3600.0
@@ -40,11 +40,13 @@ def parse_on_disconnect(value: str | float | None, location: list[str]) -> OnDis
 @dataclass(frozen=True, slots=True)
 class RunCaller:
     """Who asks, and how: the owner of a new run (a fingerprint of the API key, or None without keys), the run
-    to rejoin (`Last-Event-ID`), and the disconnect policy of a new run."""
+    to rejoin (`Last-Event-ID`), the disconnect policy of a new run, and the client address it counts against
+    (None: not counted by address)."""
 
     owner: str | None
     last_event_id: str | None
     on_disconnect: OnDisconnect
+    address: str | None = None
 
 
 async def run_caller(
@@ -54,7 +56,24 @@ async def run_caller(
 ) -> RunCaller:
     """A dependency of every route that starts a run (async: a sync dependency would cost a thread hop)."""
     return RunCaller(owner=request.scope.get(API_KEY_ID), last_event_id=last_event_id or None,
-                     on_disconnect=parse_on_disconnect(on_disconnect, ["query", "on_disconnect"]))
+                     on_disconnect=parse_on_disconnect(on_disconnect, ["query", "on_disconnect"]),
+                     address=client_address(request.scope))
+
+
+@dataclass(frozen=True, slots=True)
+class RunClient:
+    """Who starts a run where the request says nothing else about it (`/v1`): the key's fingerprint (None
+    without keys) and the client address; the run counts against both budgets."""
+
+    owner: str | None = None
+    address: str | None = None
+
+
+ANONYMOUS = RunClient()  # counted against no budget (in-process callers: tests, the bench)
+
+
+async def run_client(request: Request) -> RunClient:
+    return RunClient(request.scope.get(API_KEY_ID), client_address(request.scope))
 
 
 async def run_owner(request: Request) -> str | None:

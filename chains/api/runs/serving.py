@@ -31,6 +31,7 @@ from chains.streaming.store import (
     RunStore,
     RunStoreFull,
     RunStoreUnavailable,
+    TooManyRuns,
 )
 
 
@@ -45,10 +46,12 @@ def run_refusal(exc: Exception) -> JSONResponse:
             return refuse(503, "run_store_full", str(exc))
         case RunStoreUnavailable():
             return refuse(503, "run_store_unavailable", str(exc))
+        case TooManyRuns():
+            return refuse(429, "too_many_runs", str(exc))
     raise exc
 
 
-RUN_ERRORS = (RunNotFound, InvalidEventId, RunStoreFull, RunStoreUnavailable)
+RUN_ERRORS = (RunNotFound, InvalidEventId, RunStoreFull, RunStoreUnavailable, TooManyRuns)
 
 
 @dataclass(frozen=True)
@@ -75,17 +78,18 @@ class RunServing:
             return await self.join(run_id, caller.owner, caller.last_event_id)
         try:
             generation, listener = await self.open(chain, chain_input, options, fmt, caller.owner,
-                                                   caller.on_disconnect, labels)
+                                                   caller.on_disconnect, labels, caller.address)
         except RUN_ERRORS as exc:
             return run_refusal(exc)
         return TokenStreamResponse(listener, self.heartbeat_seconds, generation.run.id)
 
     async def open(self, chain: ChatChain, chain_input: Any, options: StreamOptions, fmt: EventFormat,
-                   owner: str | None, on_disconnect: OnDisconnect,
-                   labels: StreamLabels) -> tuple[Generation, Listener]:
+                   owner: str | None, on_disconnect: OnDisconnect, labels: StreamLabels,
+                   address: str | None = None) -> tuple[Generation, Listener]:
         """A new run in the store, its generation, and its first listener (joined before the generation can end,
-        so the disconnect policy sees it). Raises the store's refusals (RUN_ERRORS)."""
-        run = await self.store.create(owner, on_disconnect)
+        so the disconnect policy sees it). The run counts against its key's and its address's budgets. Raises the
+        store's refusals (RUN_ERRORS)."""
+        run = await self.store.create(owner, on_disconnect, address)
         listener = Listener(run)
         return generate(run, chain, chain_input, options, fmt, labels, self.observer, self.live), listener
 

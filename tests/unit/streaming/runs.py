@@ -18,8 +18,8 @@ JSON = JsonEvents()
 
 
 async def start(store: MemoryRunStore, owner: str | None = None, on_disconnect: OnDisconnect = "cancel",
-                options: StreamOptions | None = None, **model: object) -> Run:
-    run = await store.create(owner, on_disconnect)
+                options: StreamOptions | None = None, address: str | None = None, **model: object) -> Run:
+    run = await store.create(owner, on_disconnect, address)
     generate(run, single_turn_chain(ScriptedChatModel(**model)), "hi", options or StreamOptions(), JSON)  # type: ignore[arg-type]
     return run
 

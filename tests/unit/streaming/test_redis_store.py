@@ -14,10 +14,10 @@ from chains.common.settings import ConfigError
 from chains.models.fake import ScriptedChatModel, scripted_tokens
 from chains.runnables.chat import single_turn_chain
 from chains.streaming.generation import StreamOptions, generate
-from chains.streaming.redis_mirror import FINISHED_KEY, LIVE_KEY, events_key, meta_key
-from chains.streaming.redis_store import RedisRunStore
+from chains.streaming.redis_mirror import FINISHED_KEY, LIVE_KEY, address_key, events_key, meta_key, owner_key
+from chains.streaming.redis_store import COMMAND_CONNECTIONS, RedisRunStore
 from chains.streaming.run import InvalidEventId, Run
-from chains.streaming.store import RunLimits, RunNotFound, RunOver, RunStoreFull, RunStoreUnavailable
+from chains.streaming.store import RunLimits, RunNotFound, RunOver, RunStoreFull, RunStoreUnavailable, TooManyRuns
 from tests.support.servers import LiveServer, free_port, start_redis, stop_process
 from tests.support.sse import Event, parse_sse
 
@@ -46,8 +46,8 @@ async def replicas(url: str) -> AsyncIterator[tuple[RedisRunStore, RedisRunStore
 
 
 async def start(store: RedisRunStore, tokens: int = 10, delay_ms: float = 0, owner: str | None = None,
-                on_disconnect: str | float = "continue") -> Run:
-    run = await store.create(owner, on_disconnect)  # type: ignore[arg-type]
+                on_disconnect: str | float = "continue", address: str | None = None) -> Run:
+    run = await store.create(owner, on_disconnect, address)  # type: ignore[arg-type]
     chain = single_turn_chain(ScriptedChatModel(reply_tokens=tokens, token_delay_ms=delay_ms))  # type: ignore[arg-type]
     generate(run, chain, "hi", StreamOptions(), JsonEvents())
     return run
@@ -156,6 +156,69 @@ async def test_max_live_counts_the_runs_of_every_replica(url: str) -> None:
         await b.close()
 
 
+async def test_the_budgets_of_an_address_and_a_key_count_the_runs_of_every_replica(url: str) -> None:
+    """A client cannot escape its budget by reaching another replica: the counts are in Redis."""
+    limits = RunLimits(max_live_per_address=2, max_live_per_key=3)
+    a, b = RedisRunStore(url, limits), RedisRunStore(url, limits)
+    try:
+        first = await start(a, tokens=1000, delay_ms=20, owner="key-k", address="10.0.0.1")
+        await start(b, tokens=1000, delay_ms=20, owner="key-k", address="10.0.0.1")
+        with pytest.raises(TooManyRuns) as refused:
+            await a.create("key-k", "continue", "10.0.0.1")
+        assert refused.value.budget == "address" and refused.value.live == 2
+        assert a.stats()["live"] == 1  # the refused run left nothing behind here
+        await start(b, tokens=1000, delay_ms=20, owner="key-k", address="10.0.0.2")  # the key's third
+        with pytest.raises(TooManyRuns) as refused:
+            await b.create("key-k", "continue", "10.0.0.3")
+        assert refused.value.budget == "key" and refused.value.live == 3
+        await start(a, tokens=1, owner="key-other", address="10.0.0.3")  # others are served
+        await b.cancel(first.id, "key-k")  # through the other replica
+        await until(lambda: first.finished and first.id not in a.mirror.live)
+        await start(b, tokens=1, owner="key-k", address="10.0.0.1")  # room again, on either replica
+        for store in (a, b):
+            for run in list(store.local.live.values()):
+                run.cancel()
+        await until(lambda: not a.mirror.live and not b.mirror.live)
+        keys = redis.Redis.from_url(url)
+        assert keys.zcard(address_key("10.0.0.1")) == keys.zcard(owner_key("key-k")) == 0  # nothing kept counted
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_run_that_ends_as_the_store_closes_is_written_whole(url: str) -> None:
+    """The shutdown's last events (the terminal events of the streams it ends) are appended just before the store
+    closes, when the flusher may not run again: close() writes them itself. Without its flush the flusher is
+    cancelled before it wakes, and a replica following the run never learns how it ended."""
+    a = RedisRunStore(url, RunLimits())
+    run = await a.create(None, "continue")
+    await until(lambda: run.id in a.mirror.live and not a.mirror.dirty)  # registered, start-up written
+    for seq in range(5):  # no await from here to close(): the flusher gets no turn
+        run.append(run.event_id(seq) + b" event")
+    run.finish(b"terminal", "completed")
+    await a.close()
+    keys = redis.Redis.from_url(url)
+    entries = keys.xrange(events_key(run.id))
+    assert [fields[b"d"] for _, fields in entries][-1] == b"terminal" and len(entries) == 6
+    assert entries[-1][1][b"end"] == b"completed"
+    assert keys.hget(meta_key(run.id), "status") == b"completed"
+
+
+async def test_a_full_connection_pool_is_said_as_busy_not_unreachable(url: str) -> None:
+    store = RedisRunStore(url, RunLimits())
+    pool = store.redis.connection_pool
+    held = [await pool.get_connection() for _ in range(COMMAND_CONNECTIONS)]
+    try:
+        with pytest.raises(RunStoreUnavailable) as refused:
+            await store.info("A" * 22, None)
+        assert "busy" in str(refused.value) and f"all {COMMAND_CONNECTIONS} connections" in str(refused.value)
+        assert "cannot be reached" not in str(refused.value)
+    finally:
+        for connection in held:
+            await pool.release(connection)
+        await store.close()
+
+
 async def test_finished_runs_expire_and_the_oldest_are_forgotten(url: str) -> None:
     a, b = RedisRunStore(url, RunLimits(ttl=0.5, max_finished=2)), RedisRunStore(url, RunLimits())
     client = redis.Redis.from_url(url)
@@ -210,7 +273,7 @@ async def test_redis_lost_mid_run_local_listeners_go_on_and_it_recovers() -> Non
         local = await a.listen(run.id, None, None)
         await until(lambda: run.next_seq >= 3)
         stop_process(server)
-        with pytest.raises(RunStoreUnavailable):
+        with pytest.raises(RunStoreUnavailable, match="cannot be reached"):
             await b.listen(run.id, None, None)
         events = await read_all(local)  # the generation never waited for Redis
         assert tokens_of(events) == scripted_tokens(60) and events[-1].event == "done"

@@ -17,6 +17,7 @@ from chains.streaming.store import (
     RunNotFound,
     RunOver,
     RunStoreFull,
+    TooManyRuns,
     build_run_store,
     check_resume,
     resume_after,
@@ -179,7 +180,53 @@ async def test_with_max_finished_zero_a_finished_run_is_forgotten_at_once() -> N
 
 def test_the_settings_choose_the_memory_store_and_its_bounds() -> None:
     settings = load_settings(_env_file=None, chat_provider="fake", run_max_events=64, run_max_live=3,
-                             run_max_finished=5, run_ttl=9)
+                             run_max_finished=5, run_ttl=9, max_live_runs_per_address=4, max_live_runs_per_key=6)
     store = build_run_store(settings)
     assert isinstance(store, MemoryRunStore)
-    assert store.limits == RunLimits(max_events=64, max_live=3, max_finished=5, ttl=9)
+    assert store.limits == RunLimits(max_events=64, max_live=3, max_finished=5, ttl=9, max_live_per_address=4,
+                                     max_live_per_key=6)
+
+
+async def test_live_runs_count_against_their_address_whether_or_not_anyone_listens() -> None:
+    """The hole: a client that starts runs with on_disconnect=continue and hangs up had its runs counted nowhere,
+    and took the whole RUN_MAX_LIVE. Now the address that started them holds them until they end."""
+    store = MemoryRunStore(RunLimits(max_live_per_address=2))
+    runs = [await start(store, on_disconnect="continue", address="10.0.0.1", reply_tokens=50, token_delay_ms=20)
+            for _ in range(2)]  # nobody listens: both generate on
+    with pytest.raises(TooManyRuns) as refused:
+        await start(store, address="10.0.0.1")
+    assert refused.value.live == 2 and "has 2 runs generating" in str(refused.value)
+    assert "MAX_LIVE_RUNS_PER_ADDRESS=2" in str(refused.value) and runs[0].id not in str(refused.value)
+    other = await start(store, address="10.0.0.2", reply_tokens=1)  # another address has its own budget
+    assert store.live_by_address == {"10.0.0.1": 2, "10.0.0.2": 1}
+    runs[0].cancel()
+    await wait_until(lambda: runs[0].finished and other.finished)
+    assert store.live_by_address == {"10.0.0.1": 1}  # ended runs leave the count
+    await start(store, address="10.0.0.1", reply_tokens=1)  # room again
+    runs[1].cancel()
+    await wait_until(lambda: not store.live)
+    assert not store.live_by_address and not store.live_by_key  # nothing kept for clients that have no runs
+
+
+async def test_live_runs_count_against_their_key_from_any_address() -> None:
+    store = MemoryRunStore(RunLimits(max_live_per_address=10, max_live_per_key=2))
+    for address in ("10.0.0.1", "10.0.0.2"):
+        await start(store, owner="key-a", on_disconnect="continue", address=address, reply_tokens=50,
+                    token_delay_ms=20)
+    with pytest.raises(TooManyRuns) as refused:
+        await start(store, owner="key-a", address="10.0.0.3")
+    assert refused.value.budget == "key" and "MAX_LIVE_RUNS_PER_KEY=2" in str(refused.value)
+    await start(store, owner="key-b", address="10.0.0.3", reply_tokens=1)  # another key from there is served
+    assert store.stats()["live"] >= 2
+    for run in list(store.live.values()):
+        run.cancel()
+    await wait_until(lambda: not store.live)
+    assert not store.live_by_key
+
+
+async def test_a_withdrawn_run_leaves_the_budgets() -> None:
+    store = MemoryRunStore(RunLimits(max_live_per_address=1, max_live_per_key=1))
+    run = store.create_now("key-a", "cancel", "10.0.0.1")
+    store.withdraw(run)
+    assert not store.live_by_address and not store.live_by_key
+    store.withdraw(store.create_now("key-a", "cancel", "10.0.0.1"))  # room again
