@@ -33,7 +33,7 @@ def install(app: FastAPI, settings: Settings, admission: AdmissionQueue | None,
             keys: tuple[KeyMatcher, FailedAuth] | None, tracing: Tracing | None = None) -> None:
     app.add_middleware(CancelWhenClientLeaves)
     if admission is not None:  # a model with a bounded wait queue (the local one)
-        app.add_middleware(ModelAdmission, free_places=admission.free_places)
+        app.add_middleware(ModelAdmission, queue=admission)
     if settings.max_streams_per_client:
         app.add_middleware(StreamsPerClient, limit=settings.max_streams_per_client)
     app.add_middleware(LangServeBodies, max_batch_inputs=settings.max_batch_inputs)

@@ -39,7 +39,7 @@ def build_chat_model(settings: Settings, http_async_client: Any | None = None) -
                 return LlamaCppChatModel(
                     model_path=settings.local_model_path, temperature=settings.temperature,
                     max_tokens=settings.max_tokens, n_threads=settings.local_threads, n_ctx=settings.local_context,
-                    queue_size=settings.local_queue_size,
+                    queue_size=settings.local_queue_size, queue_per_client=settings.local_queue_per_client,
                     **{name: getattr(settings, f"local_{name}") for name in LOCAL_SAMPLING})
             except ValidationError as exc:  # loading happens in the model's validation
                 reason = exc.errors()[0]["msg"].removeprefix("Value error, ")

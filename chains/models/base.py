@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from contextvars import ContextVar
@@ -14,6 +16,73 @@ from langchain_core.language_models.chat_models import agenerate_from_stream, ge
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
+
+from chains.common.errors import ModelOverloadedError, ModelShareExceeded
+
+
+@dataclass(frozen=True, slots=True)
+class ModelClient:
+    """Who asks the model: the client address and the API key's fingerprint (None when unknown or without keys).
+    Each holds a share of a queued model's places."""
+
+    address: str | None = None
+    key: str | None = None
+
+    def slots(self) -> tuple[tuple[str, str], ...]:
+        """(who, ledger key) for each identity this client has."""
+        return tuple((who, f"{kind}:{value}") for who, kind, value in (
+            ("client address", "a", self.address), ("API key", "k", self.key)) if value is not None)
+
+
+# Set by the admission middleware for each request to a queued model; the generations it starts inherit it.
+model_client: ContextVar[ModelClient | None] = ContextVar("model_client", default=None)
+
+
+class ModelPlaces:
+    """The places of a model that runs one generation at a time: one running and `queue_size` waiting, and how
+    many of them each client holds. A client (an address, or a key) may hold at most `share` of them, never all
+    when there are two or more, so that one client cannot lock the others out. Thread-safe: generations give
+    their places back from the decode thread."""
+
+    def __init__(self, queue_size: int, per_client: int) -> None:
+        self.places = queue_size + 1
+        self.share = max(1, min(per_client, self.places - 1))
+        self.pending = 0
+        self.held: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def free(self) -> int:
+        return self.places - self.pending
+
+    def refusal(self, client: ModelClient | None, runs: int = 1) -> ModelOverloadedError | None:
+        """Why `runs` more generations of `client` would not fit now, or None when they would."""
+        if runs > self.free():
+            return ModelOverloadedError(max(self.pending - 1, 0))
+        for who, slot in client.slots() if client is not None else ():
+            held = self.held[slot]
+            if held + runs > self.share:
+                return ModelShareExceeded(who, held, self.share, self.places)
+        return None
+
+    def take(self, client: ModelClient | None) -> tuple[str, ...]:
+        """One place for `client`'s generation (raises the refusal when there is none); returns what to give back."""
+        with self._lock:
+            refusal = self.refusal(client)
+            if refusal is not None:
+                raise refusal
+            self.pending += 1
+            slots = tuple(slot for _, slot in client.slots()) if client is not None else ()
+            for slot in slots:
+                self.held[slot] += 1
+            return slots
+
+    def give_back(self, slots: tuple[str, ...]) -> None:
+        with self._lock:
+            self.pending -= 1
+            for slot in slots:
+                self.held[slot] -= 1
+                if not self.held[slot]:
+                    del self.held[slot]
 
 
 @runtime_checkable
@@ -28,6 +97,11 @@ class AdmissionQueue(Protocol):
 
     def free_places(self) -> int:
         """How many more generations would be accepted now."""
+        ...
+
+    def refusal(self, client: ModelClient | None, runs: int = 1) -> ModelOverloadedError | None:
+        """Why `runs` more generations of `client` would not fit now (the queue is full, or this client holds
+        its share), or None."""
         ...
 
 

@@ -29,11 +29,14 @@ from pydantic import ConfigDict, PrivateAttr
 
 from chains.common.errors import ModelOverloadedError
 from chains.models.base import (
+    ModelClient,
+    ModelPlaces,
     StreamedChatModel,
     StreamEnd,
     TextStream,
     UsageMeter,
     final_chunk,
+    model_client,
     token_chunk,
     usage_meter,
 )
@@ -62,6 +65,7 @@ class LlamaCppChatModel(StreamedChatModel):
     n_threads: int = 2
     n_ctx: int = 2048
     queue_size: int = 32
+    queue_per_client: int = 8  # places one client (an address, or a key) may hold: ModelPlaces
     seed: int = -1
     # Sampling (the settings LOCAL_REPEAT_PENALTY and friends; see docs/models.md, the embedded model).
     repeat_penalty: float = 1.2
@@ -75,11 +79,11 @@ class LlamaCppChatModel(StreamedChatModel):
     _sampling: dict[str, Any] = PrivateAttr()  # keyword arguments of Llama.generate
     # One worker thread is the lock: every use of `_llama` runs on it, in submission order.
     _executor: ThreadPoolExecutor = PrivateAttr()
-    _pending: int = PrivateAttr(default=0)
-    _pending_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _places: ModelPlaces = PrivateAttr()
     _queue_observer: QueueObserver | None = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any, /) -> None:
+        self._places = ModelPlaces(self.queue_size, self.queue_per_client)
         self._llama = Llama(
             model_path=str(self.model_path),
             n_ctx=self.n_ctx,
@@ -115,11 +119,14 @@ class LlamaCppChatModel(StreamedChatModel):
     @property
     def pending(self) -> int:
         """Generations running or waiting for the decode thread."""
-        return self._pending
+        return self._places.pending
 
     def free_places(self) -> int:
         """Generations that would be accepted now: one running and `queue_size` waiting fill it."""
-        return self.queue_size + 1 - self._pending
+        return self._places.free()
+
+    def refusal(self, client: ModelClient | None, runs: int = 1) -> ModelOverloadedError | None:
+        return self._places.refusal(client, runs)
 
     def observe_queue(self, observer: QueueObserver) -> None:
         self._queue_observer = observer
@@ -186,8 +193,7 @@ class LlamaCppChatModel(StreamedChatModel):
             terminal = exc
         finally:
             # Released before the consumer hears of the end, so that whoever it tells finds the model free.
-            with self._pending_lock:
-                self._pending -= 1
+            self._places.give_back(params["slots"])
             if observer is not None:
                 observer.decode_ended()
             if terminal is not None:
@@ -198,10 +204,7 @@ class LlamaCppChatModel(StreamedChatModel):
 
     def _submit(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
                 stop_flag: threading.Event, emit: Callable[[object], None]) -> Future[None]:
-        with self._pending_lock:
-            if self._pending > self.queue_size:
-                raise ModelOverloadedError(self._pending - 1)
-            self._pending += 1
+        slots = self._places.take(model_client.get())  # raises when the queue, or this client's share, is full
         if self._queue_observer is not None:
             self._queue_observer.queued()
         params = {
@@ -211,6 +214,7 @@ class LlamaCppChatModel(StreamedChatModel):
             "stop": stop or [],
             # The core's meter when it asks (a stopped generation reports what it used), else a private one.
             "meter": usage_meter.get() or UsageMeter(),
+            "slots": slots,
         }
         prompt = [{"role": _ROLES.get(m.type, "user"), "content": m.text} for m in messages]
         return self._executor.submit(self._decode, prompt, params, stop_flag, emit, time.perf_counter())
