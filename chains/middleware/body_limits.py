@@ -1,14 +1,20 @@
-"""Request bodies: bounded in size, and on the model routes JSON, valid UTF-8 and not too deep."""
+"""Requests to the model routes: bodies bounded in size, JSON, valid UTF-8 and valid Unicode (no unpaired
+surrogate in any string or key), not too deep; query strings valid UTF-8."""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from itertools import accumulate
+from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chains.common.responses import refuse
+from chains.common.errors import openai_param, speaks_openai
+from chains.common.responses import invalid, refuse
 from chains.common.scope import PROTOCOL_MARK, runs_the_model
 
 log = logging.getLogger(__name__)
@@ -44,10 +50,77 @@ def json_deeper_than(body: bytes, limit: int) -> bool:
     return False
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def lone_surrogate_at(value: Any, location: list[str | int]) -> list[str | int] | None:
+    """Where in a parsed JSON value a string holds an unpaired surrogate (`"\\ud800"` is valid JSON but not
+    Unicode: it cannot be encoded, so it would fail in the model or in the response), or None."""
+    if isinstance(value, str):
+        return None if value.isascii() or not _has_surrogate(value) else location
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and _has_surrogate(key):
+            return [*location, "(a key)"]  # not the key itself: it cannot be encoded in the answer either
+        found = lone_surrogate_at(item, [*location, key])
+        if found is not None:
+            return found
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def unicode_problem(path: str, body: bytes) -> JSONResponse | None:
+    """A refusal naming where a JSON body holds an unpaired surrogate, on every model route: each string of it
+    may reach the model or the model server (`stop`, `name`, `user`, a key…), and none could be encoded there or
+    in the answer. Surrogates only come as \\u escapes (a raw one is invalid UTF-8, refused before), so a body
+    without one is passed by one regex search; only a body with one is parsed here."""
+    if not _SURROGATE_ESCAPE.search(body):
+        return None
+    try:
+        where = lone_surrogate_at(json.loads(body), [])
+    except ValueError:
+        return None  # not JSON: the route says so
+    if where is None:
+        return None  # pairs only: valid
+    message = "contains an unpaired surrogate (a \\ud800-\\udfff escape on its own): not valid Unicode"
+    if speaks_openai(path):  # OpenAI's shape, as every invalid field of /v1: 400 naming it in `param`
+        param = openai_param(where) or "body"
+        return refuse(400, "invalid_body", f"{param}: {message}", param=param)
+    return invalid(["body", *where], message)
+
+
+def query_problem(query: bytes) -> JSONResponse | None:
+    """A query string whose percent-escapes are not UTF-8 would reach the model as U+FFFD replacements, silently
+    changed: refused, naming the parameter."""
+    if b"%" not in query:
+        return None  # the request line is ASCII (the protocol escapes raw bytes), so the rest decodes
+    for pair in query.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        try:
+            unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            shown = unquote_to_bytes(name).decode("utf-8", "replace")[:40]
+            return invalid(["query", shown], f"is not valid UTF-8 once percent-decoded (byte {exc.start})")
+    return None
+
+
 class RequestLimits:
     """Bodies: at most `max_body_bytes`; to the model routes only JSON, valid UTF-8, at most `max_json_depth`
-    deep. Refused here with a 4xx naming the limit, before any route parses a byte (a deep body would make
-    Python's JSON parser raise RecursionError, invalid UTF-8 a UnicodeDecodeError)."""
+    deep, valid Unicode. Refused here with a 4xx naming the limit, before any route parses a byte (a deep body
+    would make Python's JSON parser raise RecursionError, invalid UTF-8 a UnicodeDecodeError). Query strings of
+    the model routes: valid UTF-8."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, max_json_depth: int) -> None:
         self.app = app
@@ -62,6 +135,11 @@ class RequestLimits:
             log.warning("served without the project's launcher (chains.hosting): header size, header "
                         "and body timeouts and MAX_CONNECTIONS are not enforced")
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            if scope["type"] == "http" and scope["method"] == "GET" and runs_the_model(scope["path"]):
+                problem = query_problem(scope["query_string"])
+                if problem is not None:
+                    await problem(scope, receive, send)
+                    return
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
@@ -89,6 +167,8 @@ class RequestLimits:
             if problem is None and json_deeper_than(whole, self.max_json_depth):
                 problem = refuse(400, "invalid_body",
                                  f"the JSON is nested deeper than MAX_JSON_DEPTH={self.max_json_depth}")
+            if problem is None:
+                problem = unicode_problem(scope["path"], whole)
             if problem is not None:
                 await problem(scope, receive, send)
                 return

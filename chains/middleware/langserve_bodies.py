@@ -1,10 +1,8 @@
-"""LangServe's bodies checked before LangServe sees them: the shapes it mishandles, `config` keys, batch size,
-unpaired surrogates."""
+"""LangServe's bodies checked before LangServe sees them: the shapes it mishandles, `config` keys, batch size."""
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -47,43 +45,12 @@ def config_problem(configs: list[dict[str, Any]]) -> str | None:
     return None
 
 
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-
-
-def lone_surrogate_at(value: Any, location: list[str | int]) -> list[str | int] | None:
-    """Where in a parsed JSON value a string holds an unpaired surrogate (`"\\ud800"` is valid JSON but not
-    Unicode: it cannot be encoded, so it would fail in the model or in the response), or None."""
-    if isinstance(value, str):
-        return None if value.isascii() or not _has_surrogate(value) else location
-    if isinstance(value, dict):
-        items: Any = value.items()
-    elif isinstance(value, list):
-        items = enumerate(value)
-    else:
-        return None
-    for key, item in items:
-        if isinstance(key, str) and _has_surrogate(key):
-            return [*location, "(a key)"]  # not the key itself: it cannot be encoded in the answer either
-        found = lone_surrogate_at(item, [*location, key])
-        if found is not None:
-            return found
-    return None
-
-
-def _has_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 class LangServeBodies:
     """Refuses, with a 422 naming the field, the body shapes that LangServe 0.3.3 turns into a 500 or quietly
     mishandles: `config` or `kwargs` that is not an object (`"config": null`), a `/batch` whose `inputs` is not a
     list (a string would be batched letter by letter) or has more than MAX_BATCH_INPUTS items, `config` keys it
-    would drop without a word, and unpaired surrogates anywhere in the body. A /batch's size is put in the scope
-    (`MODEL_RUNS`) for the limits inside."""
+    would drop without a word (unpaired surrogates are refused before, by RequestLimits). A /batch's size is put
+    in the scope (`MODEL_RUNS`) for the limits inside."""
 
     def __init__(self, app: ASGIApp, max_batch_inputs: int) -> None:
         self.app = app
@@ -135,10 +102,5 @@ class LangServeBodies:
         if not (isinstance(kwargs, dict) or (batch and isinstance(kwargs, list)
                 and all(isinstance(one, dict) for one in kwargs))):
             return ["kwargs"], "kwargs: must be an object" + (" or a list of objects" if batch else "")
-        # Surrogates only come as \u escapes (raw bytes of one are invalid UTF-8, refused before this).
-        if _SURROGATE_ESCAPE.search(body):
-            where = lone_surrogate_at(request, [])
-            if where is not None:
-                return where, "contains an unpaired surrogate (a \\ud800-\\udfff escape on its own): not valid Unicode"
         problem = config_problem(configs)
         return None if problem is None else (["config"], problem)

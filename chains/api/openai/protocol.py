@@ -26,6 +26,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from chains.common.errors import STATUS_OF, openai_error_body
 from chains.common.responses import ERROR_RESPONSES
+from chains.runnables.chat import BoundedText
 from chains.streaming.events import DoneEvent, ErrorEvent, StartEvent, Usage
 
 # OpenAI allows up to four stop sequences.
@@ -72,12 +73,12 @@ class RequestMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"] = Field(
         description="system (or developer), user or assistant; tool messages are not supported (tools are not)")
     content: MessageContent = Field(description="the text, or a list of text parts (joined)")
-    name: str | None = Field(None, description="accepted and not used")
+    name: BoundedText | None = Field(None, description="accepted and not used (checked like the content)")
 
 
 # One string or a list of them; a list inside, so that a wrong value is one error naming `stop`.
 StopSequences = Annotated[
-    list[str], BeforeValidator(lambda value: [value] if isinstance(value, str) else value),
+    list[BoundedText], BeforeValidator(lambda value: [value] if isinstance(value, str) else value),
     Field(max_length=MAX_STOP_SEQUENCES),
     WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"},
                                                    "maxItems": MAX_STOP_SEQUENCES}]})]
@@ -110,7 +111,7 @@ class ChatCompletionRequest(BaseModel):
         None, description="up to 4 sequences that end the reply (not included in it); honoured by the local and "
         "openai providers, not by the scripted one")
     seed: int | None = Field(None, description="sampling seed, where the provider takes one")
-    user: str | None = Field(None, max_length=256, description="accepted and not used")
+    user: BoundedText | None = Field(None, max_length=256, description="accepted and not used")
     # Accepted only at the value that asks for nothing.
     n: Annotated[int | None, _only(1, "one choice per request")] = None
     top_p: Annotated[float | None, _only(1, "the server's own sampling settings apply")] = None

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from chains.middleware.body_limits import RequestLimits, json_deeper_than
+from chains.middleware.body_limits import RequestLimits, json_deeper_than, lone_surrogate_at
 from tests.support.asgi import Client, Inner, call, scope
 
 JSON = {"content-type": "application/json"}
@@ -99,6 +99,71 @@ async def test_a_body_nested_deeper_than_the_limit_is_refused_and_one_at_the_lim
     assert deeper.status == 400
     assert deeper.json() == {"error": "the JSON is nested deeper than MAX_JSON_DEPTH=4", "type": "invalid_body"}
     assert len(inner.calls) == 1
+
+
+async def post(path: str, body: bytes) -> tuple[object, Inner]:
+    inner = Inner()
+    return await call(limits(inner, max_body_bytes=10_000, max_json_depth=32), scope(path=path, headers=JSON),
+                      Client(body)), inner
+
+
+async def test_lone_surrogates_are_refused_where_they_are_and_pairs_pass() -> None:
+    answer, inner = await post("/conversation/invoke", b'{"input": {"messages": [{"role": "user", "content": '
+                                                       b'"a\\ud800b"}]}}')
+    assert answer.status == 422 and not inner.calls  # type: ignore[attr-defined]
+    assert answer.json()["detail"][0]["loc"] == ["body", "input", "messages", 0, "content"]  # type: ignore[attr-defined]
+    key, _ = await post("/single-turn/invoke", b'{"input": "hi", "config": {"metadata": {"\\udfff": 1}}}')
+    assert key.json()["detail"][0]["loc"] == ["body", "config", "metadata", "(a key)"]  # type: ignore[attr-defined]
+    pair, inner = await post("/single-turn/invoke", b'{"input": "\\ud83d\\ude00 \\u4f60"}')
+    assert pair.status == 200 and inner.calls  # type: ignore[attr-defined]
+    escaped, inner = await post("/single-turn/invoke", b'{"input": "\\\\ud800 is only text"}')
+    assert escaped.status == 200  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("path", "body", "where"), [
+    ("/chat", b'{"message": "hi", "stop": ["\\ud800"]}', ["body", "stop", 0]),
+    ("/chat", b'{"message": "hi", "system_prompt": "x\\udc00"}', ["body", "system_prompt"]),
+    ("/chat-conversation", b'{"messages": [{"role": "user", "content": "hi", "name": "\\ud800"}]}',
+     ["body", "messages", 0, "name"]),
+    ("/single-turn/stream", b'{"input": "hi", "kwargs": {"\\ud800": 1}}', ["body", "kwargs", "(a key)"]),
+])
+async def test_a_surrogate_in_any_field_of_any_model_route_is_a_422_naming_it(path: str, body: bytes,
+                                                                               where: list[object]) -> None:
+    """Every string a model route takes may reach the model server: none is dropped or passed on unchecked."""
+    answer, inner = await post(path, body)
+    assert answer.status == 422 and not inner.calls  # type: ignore[attr-defined]
+    assert answer.json()["detail"][0]["loc"] == where  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    (b'{"model": "conversation", "stop": ["\\ud800"], "messages": [{"role": "user", "content": "hi"}]}', "stop[0]"),
+    (b'{"model": "conversation", "messages": [{"role": "user", "content": "hi", "name": "\\ud800"}]}',
+     "messages[0].name"),
+    (b'{"model": "\\udfff", "messages": [{"role": "user", "content": "hi"}]}', "model"),
+    (b'{"model": "conversation", "user": "\\ud800", "messages": [{"role": "user", "content": "hi"}]}', "user"),
+])
+async def test_v1_names_the_field_in_openais_shape(body: bytes, param: str) -> None:
+    """The attack: a lone surrogate in `stop` reached langchain-openai and was a 500. /v1 answers it as every
+    invalid field: 400, OpenAI's error shape, the field in `param`."""
+    answer, inner = await post("/v1/chat/completions", body)
+    assert answer.status == 400 and not inner.calls  # type: ignore[attr-defined]
+    error = answer.json()["error"]  # type: ignore[attr-defined]
+    assert error["param"] == param and error["code"] == "invalid_body" and "surrogate" in error["message"]
+
+
+@pytest.mark.parametrize("query", [b"message=%ED%A0%80", b"message=hi&system_prompt=%FF", b"message=%C3"])
+async def test_a_query_that_is_not_utf8_once_decoded_is_refused_naming_it(query: bytes) -> None:
+    inner = Inner()
+    answer = await call(limits(inner), scope(method="GET", path="/chat", query=query))
+    assert answer.status == 422 and not inner.calls
+    assert answer.json()["detail"][0]["loc"][0] == "query" and "UTF-8" in answer.json()["detail"][0]["msg"]
+    fine = await call(limits(inner), scope(method="GET", path="/chat", query=b"message=%E8%AE%B2+a%2B"))
+    assert fine.status == 200
+
+
+def test_where_a_surrogate_is() -> None:
+    assert lone_surrogate_at({"a": ["ok", "\ud800"]}, []) == ["a", 1]
+    assert lone_surrogate_at(["\U0001f642", 1, None], ["x"]) is None
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS"])

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from chains.common.scope import MODEL_RUNS
-from chains.middleware.langserve_bodies import LangServeBodies, config_problem, lone_surrogate_at
+from chains.middleware.langserve_bodies import LangServeBodies, config_problem
 from tests.support.asgi import Client, Inner, call, scope
 
 
@@ -100,22 +100,7 @@ async def test_a_batch_is_a_list_of_at_most_max_batch_inputs_and_its_size_goes_i
     assert bad.json() == refusal(["body", "config"], "config: must be an object or a list of objects")
 
 
-async def test_lone_surrogates_are_refused_where_they_are_and_pairs_pass() -> None:
-    answer, inner = await post("/conversation/invoke", b'{"input": {"messages": [{"role": "user", "content": '
-                                                       b'"a\\ud800b"}]}}')
-    assert answer.status == 422 and not inner.called
-    assert answer.json()["detail"][0]["loc"] == ["body", "input", "messages", 0, "content"]
-    key, _ = await post("/single-turn/invoke", b'{"input": "hi", "config": {"metadata": {"\\udfff": 1}}}')
-    assert key.json()["detail"][0]["loc"] == ["body", "config", "metadata", "(a key)"]
-    pair, inner = await post("/single-turn/invoke", b'{"input": "\\ud83d\\ude00 \\u4f60"}')
-    assert pair.status == 200 and inner.called
-    escaped, inner = await post("/single-turn/invoke", b'{"input": "\\\\ud800 is only text"}')
-    assert escaped.status == 200
-
-
 def test_the_pure_functions() -> None:
-    assert lone_surrogate_at({"a": ["ok", "\ud800"]}, []) == ["a", 1]
-    assert lone_surrogate_at(["\U0001f642", 1, None], ["x"]) is None
     assert config_problem([{}, {"tags": ["t"]}]) is None
     assert config_problem([{}, {"recursion_limit": 26}]).startswith("config keys not allowed: recursion_limit")
 

@@ -135,6 +135,18 @@ def test_stop_is_one_string_or_up_to_four() -> None:
     assert request(stop=["a", "b"]).stop == ["a", "b"]
 
 
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"stop": ["ok", "x" * 32_001]}, "stop[1]"), ({"stop": "x" * 32_001}, "stop[0]"),
+    ({"user": "\ud800"}, "user"), ({"stop": ["\udc00"]}, "stop[0]"),
+    ({"messages": [{"role": "user", "content": "hi", "name": "x" * 32_001}]}, "messages[0].name"),
+])
+def test_every_string_that_could_reach_the_model_server_is_checked_like_a_message(fields: dict[str, Any],
+                                                                                  param: str) -> None:
+    """`stop` goes upstream as it is: a lone surrogate there was a 500 inside langchain-openai."""
+    name, message = refused_field(**fields)
+    assert name == param and ("MAX_INPUT_CHARS" in message or "surrogate" in message)
+
+
 # --- what the /v1 operations declare ----------------------------------------------------------------------------
 
 def test_every_declared_status_is_in_openais_shape_and_400_and_404_say_what_v1_means() -> None:
