@@ -34,10 +34,6 @@ class ModelClient:
             ("client address", "a", self.address), ("API key", "k", self.key)) if value is not None)
 
 
-# Set by the admission middleware for each request to a queued model; the generations it starts inherit it.
-model_client: ContextVar[ModelClient | None] = ContextVar("model_client", default=None)
-
-
 class ModelPlaces:
     """The places of a model that runs one generation at a time: one running and `queue_size` waiting, and how
     many of them each client holds. A client (an address, or a key) may hold at most `share` of them, never all
@@ -64,25 +60,64 @@ class ModelPlaces:
                 return ModelShareExceeded(who, held, self.share, self.places)
         return None
 
-    def take(self, client: ModelClient | None) -> tuple[str, ...]:
-        """One place for `client`'s generation (raises the refusal when there is none); returns what to give back."""
+    def reserve(self, client: ModelClient | None, runs: int = 1) -> Reservation:
+        """`runs` places held in `client`'s name from now, for its generations to claim (raises the refusal
+        when they do not fit)."""
         with self._lock:
-            refusal = self.refusal(client)
+            refusal = self.refusal(client, runs)
             if refusal is not None:
                 raise refusal
-            self.pending += 1
+            self.pending += runs
             slots = tuple(slot for _, slot in client.slots()) if client is not None else ()
             for slot in slots:
-                self.held[slot] += 1
-            return slots
+                self.held[slot] += runs
+            return Reservation(self, client, slots, runs)
 
-    def give_back(self, slots: tuple[str, ...]) -> None:
+    def take(self, client: ModelClient | None) -> tuple[str, ...]:
+        """One place for a generation that had none reserved; returns what to give back."""
+        return self.reserve(client).claimed()
+
+    def give_back(self, slots: tuple[str, ...], places: int = 1) -> None:
         with self._lock:
-            self.pending -= 1
+            self.pending -= places
             for slot in slots:
-                self.held[slot] -= 1
+                self.held[slot] -= places
                 if not self.held[slot]:
                     del self.held[slot]
+
+
+class Reservation:
+    """Places a request holds from its admission until its generations claim them: the check and the place are
+    one step, so that requests arriving together cannot all pass the check before any generation starts."""
+
+    __slots__ = ("client", "left", "places", "slots")
+
+    def __init__(self, places: ModelPlaces, client: ModelClient | None, slots: tuple[str, ...], runs: int) -> None:
+        self.places, self.client, self.slots, self.left = places, client, slots, runs
+
+    def claim(self) -> bool:
+        """One of the places for a generation starting now; False when none is left."""
+        with self.places._lock:
+            if self.left <= 0:
+                return False
+            self.left -= 1
+            return True
+
+    def claimed(self) -> tuple[str, ...]:
+        self.claim()
+        return self.slots
+
+    def release(self) -> None:
+        """The places no generation claimed go back (the request was refused later, or joined a run instead)."""
+        with self.places._lock:
+            left, self.left = self.left, 0
+        if left:
+            self.places.give_back(self.slots, left)
+
+
+# Set by the admission middleware for each request to a queued model; the generations it starts inherit it and
+# claim its places.
+admitted: ContextVar[Reservation | None] = ContextVar("admitted", default=None)
 
 
 @runtime_checkable
@@ -99,9 +134,9 @@ class AdmissionQueue(Protocol):
         """How many more generations would be accepted now."""
         ...
 
-    def refusal(self, client: ModelClient | None, runs: int = 1) -> ModelOverloadedError | None:
-        """Why `runs` more generations of `client` would not fit now (the queue is full, or this client holds
-        its share), or None."""
+    def reserve(self, client: ModelClient | None, runs: int = 1) -> Reservation:
+        """`runs` places held for `client`'s generations; raises ModelOverloadedError when the queue is full, or
+        ModelShareExceeded when this client holds its share."""
         ...
 
 

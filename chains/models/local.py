@@ -27,16 +27,16 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_types import ChatCompletionRequestMessage
 from pydantic import ConfigDict, PrivateAttr
 
-from chains.common.errors import ModelOverloadedError
 from chains.models.base import (
     ModelClient,
     ModelPlaces,
+    Reservation,
     StreamedChatModel,
     StreamEnd,
     TextStream,
     UsageMeter,
+    admitted,
     final_chunk,
-    model_client,
     token_chunk,
     usage_meter,
 )
@@ -125,8 +125,8 @@ class LlamaCppChatModel(StreamedChatModel):
         """Generations that would be accepted now: one running and `queue_size` waiting fill it."""
         return self._places.free()
 
-    def refusal(self, client: ModelClient | None, runs: int = 1) -> ModelOverloadedError | None:
-        return self._places.refusal(client, runs)
+    def reserve(self, client: ModelClient | None, runs: int = 1) -> Reservation:
+        return self._places.reserve(client, runs)
 
     def observe_queue(self, observer: QueueObserver) -> None:
         self._queue_observer = observer
@@ -204,7 +204,11 @@ class LlamaCppChatModel(StreamedChatModel):
 
     def _submit(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
                 stop_flag: threading.Event, emit: Callable[[object], None]) -> Future[None]:
-        slots = self._places.take(model_client.get())  # raises when the queue, or this client's share, is full
+        reservation = admitted.get()  # the places its request was admitted with, if it came through one
+        if reservation is not None and reservation.places is self._places and reservation.claim():
+            slots = reservation.slots
+        else:  # raises when the queue, or this client's share, is full
+            slots = self._places.take(reservation.client if reservation is not None else None)
         if self._queue_observer is not None:
             self._queue_observer.queued()
         params = {

@@ -3,10 +3,12 @@ as a whole (503), and one client's share of it (429)."""
 
 from __future__ import annotations
 
-from chains.common.errors import ModelOverloadedError
+import asyncio
+
 from chains.common.scope import API_KEY_ID, MODEL_RUNS
+from chains.middleware import admission
 from chains.middleware.admission import ModelAdmission
-from chains.models.base import ModelClient, ModelPlaces, model_client
+from chains.models.base import ModelClient, ModelPlaces, Reservation, admitted
 from tests.support.asgi import Inner, call, scope
 
 
@@ -23,8 +25,8 @@ class Queue:
     def free_places(self) -> int:
         return self.places.free()
 
-    def refusal(self, client: ModelClient | None, runs: int = 1) -> ModelOverloadedError | None:
-        return self.places.refusal(client, runs)
+    def reserve(self, client: ModelClient | None, runs: int = 1) -> Reservation:
+        return self.places.reserve(client, runs)
 
 
 async def test_model_requests_are_refused_when_the_queue_has_no_room() -> None:
@@ -65,22 +67,50 @@ async def test_one_client_cannot_take_all_the_places() -> None:
     assert (await call(middleware, scope(client="127.0.0.10", **{API_KEY_ID: "key-b"}))).status == 200
 
 
-async def test_the_request_runs_in_its_clients_name() -> None:
-    seen: list[ModelClient | None] = []
+async def test_an_admitted_request_holds_its_places_until_its_generations_claim_them() -> None:
+    """The check and the place are one step: requests arriving together cannot all pass before any generation
+    starts. What the request's generations do not claim goes back when it ends."""
+    queue = Queue(queue_size=2)
+    seen: list[Reservation | None] = []
 
-    async def app(scope: object, receive: object, send: object) -> None:
-        seen.append(model_client.get())
+    async def route(scope: object, receive: object, send: object) -> None:
+        reservation = admitted.get()
+        seen.append(reservation)
+        assert reservation is not None and queue.pending == 1  # held before anything ran
+        assert reservation.claim() and not reservation.claim()  # one place, claimed once
         await Inner()(scope, receive, send)  # type: ignore[arg-type]
 
-    middleware = ModelAdmission(app, Queue(queue_size=2))  # type: ignore[arg-type]
-    await call(middleware, scope(client="10.1.2.3", **{API_KEY_ID: "key-z"}))
-    assert seen == [ModelClient("10.1.2.3", "key-z")] and model_client.get() is None
+    await call(ModelAdmission(route, queue), scope(client="10.1.2.3", **{API_KEY_ID: "key-z"}))  # type: ignore[arg-type]
+    assert seen[0] is not None and seen[0].client == ModelClient("10.1.2.3", "key-z")
+    assert admitted.get() is None and queue.pending == 1  # claimed: the generation gives it back when it ends
+    queue.places.give_back(seen[0].slots)
+    assert queue.pending == 0 and not queue.places.held
+
+
+async def test_unclaimed_places_go_back_at_once_after_a_refusal_and_soon_after_a_stream(monkeypatch: object) -> None:
+    queue = Queue(queue_size=2)
+
+    async def refused(scope: object, receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 422, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+    await call(ModelAdmission(refused, queue), scope())  # type: ignore[arg-type]
+    assert queue.pending == 0
+    monkeypatch.setattr(admission, "CLAIM_GRACE_SECONDS", 0.05)  # type: ignore[attr-defined]
+    await call(ModelAdmission(Inner(), queue), scope())  # a 200 whose run never reached the model
+    assert queue.pending == 1
+    await asyncio.sleep(0.1)
+    assert queue.pending == 0 and not queue.places.held
 
 
 def test_the_ledger_gives_every_place_back() -> None:
     places = ModelPlaces(queue_size=2, per_client=2)
     assert places.share == 2
     held = [places.take(ModelClient("a", "k")), places.take(ModelClient("b"))]
+    batch = places.reserve(None, 1)
+    assert places.pending == 3 and places.refusal(None) is not None
+    batch.release()
+    batch.release()  # once only
     assert places.pending == 2 and places.held == {"a:a": 1, "k:k": 1, "a:b": 1}
     for slots in held:
         places.give_back(slots)

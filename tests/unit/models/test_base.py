@@ -99,7 +99,7 @@ def test_only_a_model_with_a_queue_has_admission() -> None:
         def free_places(self) -> int:
             return 1
 
-        def refusal(self, client: object, runs: int = 1) -> None:
+        def reserve(self, client: object, runs: int = 1) -> None:
             return None
 
     queued = Queued()
