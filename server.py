@@ -32,6 +32,7 @@ from chains.hosting.static import mount_playgrounds
 from chains.middleware import install as install_middleware
 from chains.models import build_chat_model
 from chains.models.base import admission_queue
+from chains.observability.access_log import install_access_log_filter
 from chains.observability.observer import observe
 from chains.observability.tracing import tracing_from_environment
 from chains.observability.upstream import observed_async_client
@@ -54,8 +55,9 @@ def create_app(settings: Settings) -> FastAPI:
         max_header_bytes=settings.max_header_bytes, header_timeout=settings.header_timeout,
         body_timeout=settings.body_timeout, min_body_rate=settings.min_body_rate,
         max_connections=settings.max_connections, max_connections_per_address=settings.max_connections_per_address)
-    keys = (KeyMatcher(settings.api_keys), FailedAuth(settings.auth_failure_limit, settings.auth_failure_window)
-            ) if settings.api_keys else None
+    keys = (KeyMatcher(settings.api_keys, settings.session_ttl),
+            FailedAuth(settings.auth_failure_limit, settings.auth_failure_window)) if settings.api_keys else None
+    install_access_log_filter(settings.log_full_urls)  # uvicorn's access line: no query values, no forged client
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, object]]:

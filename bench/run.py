@@ -52,6 +52,8 @@ RESULTS = ROOT / "bench" / "results"
 HOST = "127.0.0.1"
 PROMPT = "Write a long story about a dragon who learns to bake bread. Make it at least 1000 words."
 SYSTEM_PROMPT = "你是一个有用的助手"
+# The load comes from 127.0.0.1 alone: no per-address limit on streams, live runs or connections (B3 opens 2,000).
+FROM_ONE_ADDRESS = {"MAX_STREAMS_PER_CLIENT": "0", "MAX_LIVE_RUNS_PER_ADDRESS": "0", "MAX_CONNECTIONS_PER_ADDRESS": "0"}
 # Our app built by a factory in bench/apps.py (served with our request-line protocol, as the launcher serves it).
 FACTORIES = ("bench.apps:ours_without_a_store", "bench.apps:ours_unobserved")
 
@@ -291,8 +293,7 @@ async def _resume_once(port: int, join_port: int, after_tokens: int) -> float:
 def runs(sizes: Sizes) -> dict[str, Any]:
     """Resume latency (reconnect → first replayed event, p50/p99) for the in-memory store and for Redis through
     another replica; memory per finished run kept for replay."""
-    paced = {"CHAT_PROVIDER": "fake", "FAKE_REPLY_TOKENS": "40", "FAKE_TOKEN_DELAY_MS": "5",
-             "MAX_STREAMS_PER_CLIENT": "0"}
+    paced = {"CHAT_PROVIDER": "fake", "FAKE_REPLY_TOKENS": "40", "FAKE_TOKEN_DELAY_MS": "5", **FROM_ONE_ADDRESS}
     out: dict[str, Any] = {}
 
     def latencies(port: int, join_port: int) -> dict[str, float]:
@@ -311,7 +312,7 @@ def runs(sizes: Sizes) -> dict[str, Any]:
 
     kept = sizes.finished_runs
     with serve("server:app", CHAT_PROVIDER="fake", FAKE_REPLY_TOKENS="100", RUN_MAX_FINISHED=str(kept),
-               MAX_STREAMS_PER_CLIENT="0") as server:
+               **FROM_ONE_ADDRESS) as server:
         async def fill(count: int) -> None:
             async with asyncio.timeout(600):
                 for start in range(0, count, 50):
@@ -539,7 +540,7 @@ def _b3_runs(sizes: Sizes, traced: dict[str, str]) -> dict[str, Any]:
     """Every contestant at each of its sizes, `sizes.runs` times: {N: {name: {figure: summary}}}."""
     tokens, delay = sizes.b3_tokens, sizes.b3_delay_ms
     paced = {"CHAT_PROVIDER": "fake", "FAKE_REPLY_TOKENS": str(tokens), "FAKE_TOKEN_DELAY_MS": str(delay),
-             "MAX_STREAMS_PER_CLIENT": "0"}
+             **FROM_ONE_ADDRESS}
     chat = ("POST", "/chat", {"message": "hi"})
     observed = (sizes.b3_observed_streams,)
     contestants = [  # name, app, settings, method, path, body, sizes
@@ -573,7 +574,7 @@ def _b3_runs(sizes: Sizes, traced: dict[str, str]) -> dict[str, Any]:
 def idle_streams(sizes: Sizes) -> dict[str, float]:
     """RSS per open stream that is waiting for its next token (the scripted model pauses 10 minutes)."""
     with serve("server:app", CHAT_PROVIDER="fake", FAKE_REPLY_TOKENS="2", FAKE_TOKEN_DELAY_MS="600000",
-               MAX_STREAMS_PER_CLIENT="0") as server:
+               **FROM_ONE_ADDRESS) as server:
         before = server.rss_mb()
 
         async def hold() -> float:

@@ -3,6 +3,9 @@ middleware, the surfaces and the request-line protocol all read (no web framewor
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import re
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -50,6 +53,44 @@ def holds_a_stream(path: str) -> bool:
     return runs_the_model(path) or joins_a_run(path)
 
 
+# Set by client_address: the client's address as it computed it (each request asks a few times).
+CLIENT_ADDRESS = "chains.client_address"
+# The one bucket of every client whose address (a proxy's X-Forwarded-For, as given) is not an IP address.
+INVALID_ADDRESS = "invalid"
+# An IPv6 address is at most 45 characters as text ("ffff:…:255.255.255.255"), 62 with a zone id (`_ZONE_ID`).
+_LONGEST_ADDRESS = 64
+_ZONE_ID = re.compile(r"[0-9A-Za-z_.-]{1,16}")
+
+
+def normalised_address(host: str) -> str:
+    """An IP address in its one canonical text (an IPv4-mapped IPv6 address as IPv4, no zone id), or
+    INVALID_ADDRESS: never the text as given, which a client behind a trusted proxy chooses (X-Forwarded-For)."""
+    if not host or len(host) > _LONGEST_ADDRESS:  # before the cache: it keeps only short texts
+        return INVALID_ADDRESS
+    return _parsed(host)
+
+
+@functools.lru_cache(maxsize=4096)  # a parse costs microseconds; the same clients come again and again
+def _parsed(host: str) -> str:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return INVALID_ADDRESS
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        if address.scope_id is not None:  # "fe80::1%<anything but %>" parses: a zone id is an interface's name
+            if not _ZONE_ID.fullmatch(address.scope_id):
+                return INVALID_ADDRESS
+            return str(ipaddress.IPv6Address(address.packed))  # one client whichever interface it came by
+    return str(address)
+
+
 def client_address(scope: Scope) -> str:
-    """The connection's address, or the one a trusted proxy reports (uvicorn's FORWARDED_ALLOW_IPS)."""
-    return scope["client"][0] if scope.get("client") else "unknown"
+    """The connection's address, or the one a trusted proxy reports (uvicorn's FORWARDED_ALLOW_IPS), normalised:
+    what every limit counts by and every log line shows. Computed once a request, kept in the scope."""
+    address = scope.get(CLIENT_ADDRESS)
+    if address is None:
+        client = scope.get("client")
+        address = scope[CLIENT_ADDRESS] = normalised_address(str(client[0])) if client else "unknown"
+    return address

@@ -14,11 +14,13 @@ import orjson
 from opentelemetry import context as otel_context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
 
+from chains.common.log_text import json_line, logfmt
 from chains.observability import metrics
 from chains.observability.tracing import Tracing
 from chains.streaming.record import StreamLabels, StreamRecord
 
-# The client's address, set by the request's middleware (chains.middleware.observe) for the log line.
+# The client's address, set by the request's middleware (chains.middleware.observe) for the log line: normalised
+# (chains.common.scope.client_address), never a forwarded header's text as given.
 client_address: ContextVar[str] = ContextVar("client_address", default="")
 
 stream_log = logging.getLogger(__name__)  # chains.observability.observer
@@ -139,16 +141,18 @@ class StreamsObserved:
 
     def log_line(self, record: StreamRecord, client: str) -> str:
         """One line per stream: what ended, how, how fast. Never the messages, never a key."""
-        fields = {"event": "stream_end", "run_id": record.run_id, "route": record.labels.route,
-                  "chain": record.labels.chain, "provider": self.provider, "model": self.model,
-                  "ending": record.ending, "finish_reason": record.finish_reason,
-                  "ttft_s": _rounded(record.time_to_first_token), "tokens": record.token_events,
-                  "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
-                  "duration_s": _rounded(record.seconds), "client": client}
+        fields: dict[str, object] = {
+            "event": "stream_end", "run_id": record.run_id, "route": record.labels.route,
+            "chain": record.labels.chain, "provider": self.provider, "model": self.model, "ending": record.ending,
+            "finish_reason": record.finish_reason, "ttft_s": _rounded(record.time_to_first_token),
+            "tokens": record.token_events, "prompt_tokens": record.prompt_tokens,
+            "completion_tokens": record.completion_tokens, "duration_s": _rounded(record.seconds), "client": client}
         if self.json_log:
-            return orjson.dumps(fields).decode()
-        return "stream end " + " ".join(f"{key}={'-' if value is None else value}"
-                                        for key, value in fields.items() if key != "event")
+            return json_line(orjson.dumps(fields).decode())  # one object, one line
+        # logfmt: a value with a space, `=`, `"` or anything non-printable is quoted and escaped, so that none
+        # (an upstream's finish_reason, a model's name) can end the line or pose as another field.
+        del fields["event"]
+        return "stream end " + logfmt(fields)
 
 
 def _rounded(seconds: float | None) -> float | None:

@@ -56,9 +56,10 @@ def test_the_stats_page_plots_the_streams_driven(stats_server: LiveServer, page:
 def test_the_stats_page_says_when_metrics_are_refused(serve_app: ServeApp, page: Page) -> None:
     server = serve_app("stats-keyed-server", CHAT_PROVIDER="fake", API_KEYS="stats-test-key")
     page.goto(server.url + "/playground/stats/?poll_ms=300")
-    # With API_KEYS the page itself needs the key too: a 401 body, not the page. Signed in, it works.
-    page.context.add_cookies([{"name": "api_key", "value": "stats-test-key", "url": server.url}])
-    page.goto(server.url + "/playground/stats/?poll_ms=300")
+    # With API_KEYS the page itself needs the key too: the browser is sent to sign in. Signed in, it works.
+    page.get_by_label("API key").fill("stats-test-key")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(server.url + "/playground/stats/?poll_ms=300")
     expect(page.locator("#status")).to_contain_text("updated", timeout=10_000)
     page.context.clear_cookies()
     expect(page.locator("#status")).to_contain_text("cannot read /metrics: /metrics answered 401",

@@ -20,7 +20,8 @@ TOKENS = scripted_tokens(20)
 
 
 paced_server = app_fixture("load-server", CHAT_PROVIDER="fake", FAKE_REPLY_TOKENS="20", FAKE_TOKEN_DELAY_MS="50",
-                           MAX_STREAMS_PER_CLIENT="0")  # every stream comes from 127.0.0.1
+                           MAX_STREAMS_PER_CLIENT="0", MAX_LIVE_RUNS_PER_ADDRESS="0",
+                           MAX_CONNECTIONS_PER_ADDRESS="0")  # every stream comes from 127.0.0.1
 
 
 def test_a_thousand_concurrent_chat_streams(paced_server: LiveServer) -> None:

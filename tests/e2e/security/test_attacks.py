@@ -320,24 +320,6 @@ def test_a_body_at_a_normal_pace_is_accepted(attacked: Attacked) -> None:
 
 # --- connection cap ------------------------------------------------------------------------------------------
 
-def test_connections_beyond_max_connections_get_503(attacked: Attacked) -> None:
-    """MAX_CONNECTIONS=200: with 200 connections open, a request on another gets a clear 503 + Retry-After."""
-    held = [socket.create_connection(("127.0.0.1", attacked.port), timeout=10) for _ in range(200)]
-    try:
-        with socket.create_connection(("127.0.0.1", attacked.port), timeout=10) as extra:
-            extra.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            answer = extra.recv(65536)
-        assert status_of(answer) == 503
-        assert b"retry-after: 1" in answer.lower() and b"MAX_CONNECTIONS=200" in answer
-    finally:
-        for sock in held:
-            sock.close()
-    time.sleep(0.3)
-    assert httpx.get(attacked.url + "/health").status_code == 200
-
-
-# --- 4. /batch amplification ---------------------------------------------------------------------------------
-
 def test_a_ten_thousand_input_batch_is_refused_at_once(attacked: Attacked) -> None:
     """Issue: one 50 KB /batch of 10,000 inputs made 30–40k tasks, ~56 s of CPU, +500 MB, /health at 3 s."""
     before = process_stats(attacked.server)
@@ -544,7 +526,7 @@ def test_a_page_elsewhere_cannot_sign_a_visitor_in(attacked: Attacked) -> None:
         page.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
         page.wait_for_load_state("networkidle")
         assert answers == [403]
-        assert not [c for c in context.cookies(attacked.url) if c["name"] == "api_key"]
+        assert not [c for c in context.cookies(attacked.url) if c["name"] == "session"]
     finally:
         context.close()
         browser.close()
@@ -564,7 +546,7 @@ def test_sign_in_checks_where_the_form_comes_from(attacked: Attacked, headers: d
     response = httpx.post(attacked.url + "/sign-in", data={"key": KEY, "next": "/"},
                           headers={**headers, **attacked.client_address()})
     assert response.status_code == status
-    assert ("api_key=" in response.headers.get("set-cookie", "")) == (status == 303)
+    assert ("session=" in response.headers.get("set-cookie", "")) == (status == 303)
 
 
 def test_sign_in_from_the_sites_own_page(attacked: Attacked) -> None:
@@ -572,7 +554,7 @@ def test_sign_in_from_the_sites_own_page(attacked: Attacked) -> None:
     for headers in ({"Origin": own}, {"Referer": own + "/sign-in?next=/"}):
         response = httpx.post(attacked.url + "/sign-in", data={"key": KEY, "next": "/"},
                               headers={**headers, **attacked.client_address()})
-        assert response.status_code == 303 and "api_key=" in response.headers["set-cookie"]
+        assert response.status_code == 303 and "session=" in response.headers["set-cookie"]
 
 
 def test_wrong_keys_are_throttled_per_address(attacked: Attacked) -> None:

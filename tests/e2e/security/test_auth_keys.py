@@ -103,10 +103,11 @@ def scope(*headers: tuple[bytes, bytes]) -> dict[str, Any]:
     ([(b"x-api-key", b"abc")], b"abc"),
     ([(b"x-api-key", b"")], b""),
     ([(b"x-api-key", "ключ".encode())], "ключ".encode()),  # the bytes as sent
-    ([(b"cookie", b"theme=dark; api_key=abc")], b"abc"),
-    ([(b"cookie", b"api_key=")], b""),
-    ([(b"cookie", b"theme=dark")], None),
-    ([(b"cookie", b"\x00\x01;;==")], None),
+    # A cookie never carries a key: the sign-in cookie holds a signed session (tests/unit/common/test_keys.py).
+    ([(b"cookie", b"theme=dark; api_key=abc")], None),
+    ([(b"cookie", b"session=abc")], None),
+    ([(b"cookie", b"api_key=")], None),
+    ([(b"cookie", b"session=abc"), (b"x-api-key", b"abc")], b"abc"),
     ([(b"authorization", b"Bearer first"), (b"x-api-key", b"second")], b"first"),
 ])
 def test_presented_key(headers: list[tuple[bytes, bytes]], expected: bytes | None) -> None:

@@ -158,6 +158,13 @@ PROTECTED: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+def session_of(server: LiveServer, key: str) -> str:
+    """The sign-in cookie's value for `key`: a signed session (chains.common.keys)."""
+    response = httpx.post(server.url + "/sign-in", data={"key": key})
+    assert response.status_code == 303
+    return response.cookies["session"]
+
+
 @pytest.mark.parametrize(("method", "path", "kwargs"), PROTECTED, ids=[f"{m} {p}" for m, p, _ in PROTECTED])
 def test_every_route_needs_a_key(keyed_server: LiveServer, method: str, path: str, kwargs: dict[str, Any]) -> None:
     url = keyed_server.url + path
@@ -166,7 +173,10 @@ def test_every_route_needs_a_key(keyed_server: LiveServer, method: str, path: st
     assert refused.json()["type"] == "unauthorized"
     wrong = httpx.request(method, url, timeout=10, headers={"Authorization": "Bearer not-a-key"}, **kwargs)
     assert wrong.status_code == 401 and "not-a-key" not in wrong.text
-    for headers in ({"Authorization": f"Bearer {KEYS[0]}"}, {"X-API-Key": KEYS[1]}, {"Cookie": f"api_key={KEYS[0]}"}):
+    raw_key_cookie = httpx.request(method, url, timeout=10, headers={"Cookie": f"session={KEYS[0]}"}, **kwargs)
+    assert raw_key_cookie.status_code == 401  # a cookie holds a signed session, never the key itself
+    for headers in ({"Authorization": f"Bearer {KEYS[0]}"}, {"X-API-Key": KEYS[1]},
+                    {"Cookie": f"session={session_of(keyed_server, KEYS[0])}"}):
         allowed = httpx.request(method, url, timeout=30, headers=headers, **kwargs)
         assert allowed.status_code == 200, (headers, allowed.text[:300])
 
@@ -185,7 +195,7 @@ def test_sign_in_sets_a_strict_http_only_cookie(keyed_server: LiveServer) -> Non
     response = httpx.post(keyed_server.url + "/sign-in", data={"key": KEYS[1], "next": "/chat?message=hi"})
     assert response.status_code == 303 and response.headers["location"] == "/chat?message=hi"
     cookie = response.headers["set-cookie"]
-    assert "api_key=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert "session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie and KEYS[1] not in cookie
     rejected = httpx.post(keyed_server.url + "/sign-in", data={"key": "guess-123", "next": "/"})
     assert rejected.status_code == 401 and "guess-123" not in rejected.text
     offsite = httpx.post(keyed_server.url + "/sign-in", data={"key": KEYS[0], "next": "//evil.example/"})

@@ -1,12 +1,13 @@
 """chains.hosting.http_protocol's Utf8RequestLineProtocol in-process: uvicorn's httptools protocol with a fake
 transport, fed bytes through `data_received` as the event loop would, and the ASGI app it serves recording what it
-got. What the subclass adds: raw UTF-8 request lines, the head and body limits, the connection limit, the
-protocol mark in the scope, and the end of the live streams at shutdown. No socket, no server."""
+got. What the subclass adds: raw UTF-8 request lines, the head and body limits, the connection limits (in all and
+by address), the protocol mark in the scope, and the end of the live streams at shutdown. No socket, no server."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,7 @@ from chains.hosting.http_protocol import (
     LIVE_STREAMS_STATE,
     ConnectionLimits,
     Utf8RequestLineProtocol,
+    connections_by_address,
 )
 from chains.models.fake import ScriptedChatModel
 from chains.runnables.chat import single_turn_chain
@@ -39,15 +41,16 @@ SECONDS = 2  # no step of a test waits longer
 class Transport(asyncio.Transport):
     """The socket's side, in memory: what the protocol wrote, whether it ended its side and closed."""
 
-    def __init__(self) -> None:
+    def __init__(self, address: str = "10.0.0.1") -> None:
         super().__init__()
+        self.address = address
         self.written = b""
         self.eof = False
         self.closed = False
         self.reading = True
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("10.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+        return {"peername": (self.address, 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += bytes(data)
@@ -90,6 +93,9 @@ class App:
         self.requests: list[tuple[dict[str, Any], bytes]] = []
         self.disconnected = False
 
+    async def answering(self, scope: dict[str, Any]) -> None:
+        """Before it answers, once it has read the body."""
+
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         body = b""
         while True:
@@ -100,6 +106,7 @@ class App:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
+        await self.answering(scope)
         self.requests.append((scope, body))
         answer = b"ok:" + body
         await send({"type": "http.response.start", "status": 200,
@@ -107,12 +114,26 @@ class App:
         await send({"type": "http.response.body", "body": answer})
 
 
+class HeldApp(App):
+    """Answers a request to a path starting with /held only once `release` is set: until then it is in
+    progress."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def answering(self, scope: dict[str, Any]) -> None:
+        if scope["path"].startswith("/held"):
+            await self.release.wait()
+
+
 def connect(app: App, app_state: dict[str, Any] | None = None, server_state: ServerState | None = None,
-            protocol: type[HttpToolsProtocol] = Utf8RequestLineProtocol) -> tuple[HttpToolsProtocol, Transport]:
+            protocol: type[HttpToolsProtocol] = Utf8RequestLineProtocol,
+            address: str = "10.0.0.1") -> tuple[HttpToolsProtocol, Transport]:
     config = Config(app=app, lifespan="off", proxy_headers=False, log_config=None, access_log=False)
     config.load()
     connection = protocol(config, server_state or ServerState(), app_state or {}, _loop=asyncio.get_running_loop())
-    transport = Transport()
+    transport = Transport(address)
     connection.connection_made(transport)
     return connection, transport
 
@@ -293,18 +314,139 @@ async def test_after_a_refusal_what_still_comes_is_dropped_then_the_connection_c
 
 # --- the connections -------------------------------------------------------------------------------------------
 
-async def test_a_request_on_a_connection_beyond_max_connections_gets_503_with_retry_after() -> None:
-    app, server = App(), ServerState()
-    first, first_transport = connect(app, limits(max_connections=1), server)
-    second, second_transport = connect(app, limits(max_connections=1), server)
-    second.data_received(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+GET = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+HELD = b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def closed_unanswered(transport: Transport) -> bool:
+    return transport.closed and transport.written == b"" and not transport.eof
+
+
+async def test_a_request_beyond_max_connections_with_none_idle_gets_503_with_retry_after() -> None:
+    app, server, state = HeldApp(), ServerState(), limits(max_connections=1)
+    first, first_transport = connect(app, state, server, address="10.0.0.1")
+    first.data_received(HELD)  # in progress: not closed to make room
+    await asyncio.sleep(0.01)
+    second, second_transport = connect(app, state, server, address="10.0.0.2")
+    assert not first_transport.closed and not second_transport.closed  # nothing idle: it is told when it asks
+    second.data_received(GET)
     body = refused(second_transport, 503, "too_many_connections")
     assert body["error"] == "the server has MAX_CONNECTIONS=1 connections open; try again"
     assert second_transport.headers["retry-after"] == "1"
     second.connection_lost(None)
-    first.data_received(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # the one within the limit is served
+    app.release.set()  # the one within the limit is served
     await until(answered(first_transport))
-    assert first_transport.status == 200 and len(app.requests) == 1
+    assert first_transport.status == 200 and not first_transport.closed and len(app.requests) == 1
+
+
+async def test_beyond_max_connections_the_address_holding_the_most_closes_its_longest_idle() -> None:
+    app, server, state = App(), ServerState(), limits(max_connections=4, max_connections_per_address=0)
+    x1, x2, x3, y1 = (connect(app, state, server, address=a)[1] for a in ["10.0.0.1"] * 3 + ["10.0.0.2"])
+    assert not any(t.closed for t in (x1, x2, x3, y1))  # 0: no cap by address
+    newcomer, z1 = connect(app, state, server, address="10.0.0.3")
+    assert closed_unanswered(x1) and not any(t.closed for t in (x2, x3, y1, z1))
+    newcomer.data_received(GET)  # it fits: served
+    await until(answered(z1))
+    assert z1.status == 200
+
+
+async def test_a_request_beyond_max_connections_closes_a_connection_idle_since_it_came() -> None:
+    app, server, state = HeldApp(), ServerState(), limits(max_connections=1)
+    first, first_transport = connect(app, state, server, address="10.0.0.1")
+    first.data_received(HELD)
+    await asyncio.sleep(0.01)
+    second, second_transport = connect(app, state, server, address="10.0.0.2")
+    app.release.set()  # the first is answered, and kept alive: idle now
+    await until(answered(first_transport))
+    second.data_received(GET)
+    await until(answered(second_transport))
+    assert second_transport.status == 200 and first_transport.closed  # the 503 is the last resort
+
+
+async def test_a_connection_beyond_the_cap_of_its_address_closes_its_address_connection_idle_the_longest() -> None:
+    app, server, state = App(), ServerState(), limits(max_connections_per_address=2)
+    first, first_transport = connect(app, state, server)
+    _, second_transport = connect(app, state, server)
+    first.data_received(GET)  # answered and kept alive: idle since its answer, after the second came
+    await until(answered(first_transport))
+    _, other_address = connect(app, state, server, address="10.0.0.2")
+    _, other_server = connect(app, state, ServerState())  # another server counts its own
+    assert not any(t.closed for t in (first_transport, second_transport, other_address, other_server))
+    third, third_transport = connect(app, state, server)
+    assert closed_unanswered(second_transport)
+    assert not any(t.closed for t in (first_transport, third_transport, other_address, other_server))
+    third.data_received(GET)
+    await until(answered(third_transport))
+    assert third_transport.status == 200
+
+
+async def test_a_connection_still_sending_its_head_is_idle_and_one_with_a_request_in_progress_is_not() -> None:
+    app, server, state = HeldApp(), ServerState(), limits(max_connections_per_address=2)
+    streaming, streaming_transport = connect(app, state, server)
+    streaming.data_received(HELD)  # the oldest, but in progress
+    await asyncio.sleep(0.01)
+    slow, slow_transport = connect(app, state, server)
+    slow.data_received(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # its head not complete
+    newcomer, newcomer_transport = connect(app, state, server)
+    assert closed_unanswered(slow_transport) and not streaming_transport.closed and not newcomer_transport.closed
+    newcomer.data_received(HELD)
+    await asyncio.sleep(0.01)
+    _, another_transport = connect(app, state, server)  # none idle but itself: it is closed
+    assert closed_unanswered(another_transport) and not newcomer_transport.closed
+    app.release.set()
+    await until(lambda: answered(streaming_transport)() and answered(newcomer_transport)())
+    assert streaming_transport.status == newcomer_transport.status == 200 and not streaming_transport.closed
+
+
+async def test_pipelined_requests_keep_a_connection_in_progress_until_the_last_is_answered() -> None:
+    app, server, state = HeldApp(), ServerState(), limits(max_connections_per_address=1)
+    pipelined, transport = connect(app, state, server)
+    pipelined.data_received(GET + HELD)  # the first answered at once, the second held
+    await until(lambda: transport.written.count(b"HTTP/1.1 200") == 1)
+    _, newcomer = connect(app, state, server)
+    assert closed_unanswered(newcomer) and not transport.closed
+    app.release.set()
+    await until(lambda: transport.written.count(b"HTTP/1.1 200") == 2)
+    _, later = connect(app, state, server)  # now it is idle: it makes room
+    assert transport.closed and not later.closed
+
+
+async def test_the_connections_by_address_empty_as_the_connections_close() -> None:
+    app, server = HeldApp(), ServerState()
+    state = limits(max_connections=6, max_connections_per_address=3)
+    connections = [connect(app, state, server, address="10.0.0.1")]
+    connections[0][0].data_received(HELD)  # in progress, then answered
+    connections.append(connect(app, state, server, address="10.0.0.2"))
+    connections[1][0].data_received(b"GET / HTTP/1.1\r\n")  # a head arriving, then closed to make room
+    connections += [connect(app, state, server, address=f"10.0.0.{i % 3 + 1}") for i in range(2, 10)]
+    connections.append(connect(App(), server_state=server, address="10.0.0.9"))  # the default limits
+    await asyncio.sleep(0.01)
+    registry = connections_by_address(server)
+    assert registry.open == 7 and sum(len(peer) for peer in registry.peers.values()) == 7
+    assert sum(transport.closed for _, transport in connections) == 4 and connections[1][1].closed
+    app.release.set()
+    await until(answered(connections[0][1]))
+    for connection, _ in connections:
+        connection.connection_lost(None)
+    assert registry.open == 0 and registry.peers == {}
+    assert connections_by_address(server) is registry  # one for the server's life
+
+
+async def test_a_flood_of_closed_connections_is_logged_in_one_line_an_interval(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_protocol, "CLOSED_LOG_SECONDS", 0.05)
+    caplog.set_level(logging.INFO, logger=http_protocol.log.name)
+    app, server, state = App(), ServerState(), limits(max_connections_per_address=1)
+    for _ in range(50):
+        connect(app, state, server)
+    lines = lambda: [r.getMessage() for r in caplog.records if "closed unanswered" in r.getMessage()]  # noqa: E731
+    assert len(lines()) == 1  # the first at once, the 48 after it at the interval's end
+    await until(lambda: len(lines()) == 2)
+    assert lines() == [
+        "connections closed unanswered (MAX_CONNECTIONS_PER_ADDRESS=1, MAX_CONNECTIONS=2048): 1 idle ones of an "
+        "address over its cap; the last from 10.0.0.1",
+        "connections closed unanswered (MAX_CONNECTIONS_PER_ADDRESS=1, MAX_CONNECTIONS=2048): 48 idle ones of an "
+        "address over its cap; the last from 10.0.0.1"]
 
 
 async def test_an_app_that_yields_no_limits_gets_the_defaults() -> None:

@@ -1,5 +1,7 @@
 """chains.middleware.auth's ApiKeyAuth in-process: 401 for API calls, a redirect to sign in for a browser, 429 for
-an address that sent too many wrong keys. (The key matcher itself: tests/e2e/security/test_auth_keys.py.)"""
+an address that sent too many wrong keys or cookies not signed here; the sign-in cookie holds a session, never a
+key. (The key matcher itself: tests/e2e/security/test_auth_keys.py; the session codec: tests/unit/common/
+test_keys.py.)"""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from chains.common.keys import FailedAuth, KeyMatcher
+from chains.common.keys import FailedAuth, KeyMatcher, Session, key_id
+from chains.common.scope import API_KEY_ID
 from chains.middleware.auth import ApiKeyAuth
 from tests.support.asgi import Inner, call, scope
 
@@ -22,16 +25,41 @@ class Clock:
         return self.now
 
 
-def auth(limit: int = 3, window: float = 60, clock: Clock | None = None) -> tuple[ApiKeyAuth, Inner]:
+class WallClock(Clock):
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+
+def auth(limit: int = 3, window: float = 60, clock: Clock | None = None,
+         wall: WallClock | None = None) -> tuple[ApiKeyAuth, Inner]:
     inner = Inner()
-    return ApiKeyAuth(inner, KeyMatcher([KEY]), FailedAuth(limit, window, clock=clock or Clock())), inner
+    matcher = KeyMatcher([KEY], session_ttl=600, clock=wall or WallClock())
+    return ApiKeyAuth(inner, matcher, FailedAuth(limit, window, clock=clock or Clock())), inner
+
+
+def session_cookie(middleware: ApiKeyAuth) -> str:
+    return f"theme=dark; session={middleware.matcher.sessions.issue(KEY)}"
 
 
 @pytest.mark.parametrize("headers", [{"authorization": f"Bearer {KEY}"}, {"authorization": f"bearer  {KEY} "},
-                                     {"x-api-key": KEY}, {"cookie": f"theme=dark; api_key={KEY}"}])
+                                     {"x-api-key": KEY}])
 async def test_a_valid_key_in_any_of_its_places_is_let_through(headers: dict[str, str]) -> None:
     middleware, inner = auth()
     assert (await call(middleware, scope(headers=headers))).status == 200 and inner.called
+    assert inner.calls[0]["scope"][API_KEY_ID] == key_id(KEY)
+
+
+async def test_a_signed_session_is_let_through_as_its_key() -> None:
+    middleware, inner = auth()
+    answer = await call(middleware, scope(headers={"cookie": session_cookie(middleware)}))
+    assert answer.status == 200 and inner.calls[0]["scope"][API_KEY_ID] == key_id(KEY)  # the same owner of runs
+
+
+@pytest.mark.parametrize("cookie", [f"api_key={KEY}", f"session={KEY}", f"session=v1.{KEY}.x"])
+async def test_the_key_itself_is_no_longer_a_cookie(cookie: str) -> None:
+    middleware, inner = auth()
+    answer = await call(middleware, scope(headers={"cookie": cookie}))
+    assert answer.status == 401 and not inner.called
 
 
 async def test_an_api_call_without_a_valid_key_gets_401_without_the_key_echoed() -> None:
@@ -80,6 +108,50 @@ async def test_too_many_wrong_keys_from_one_address_are_throttled_until_the_wind
     assert (await call(middleware, scope(headers={"x-api-key": KEY}, client="10.0.0.9"))).headers["retry-after"] == "1"
     clock.now += 1
     assert (await call(middleware, scope(headers={"x-api-key": KEY}, client="10.0.0.9"))).status == 200
+
+
+async def test_a_tampered_cookie_is_refused_cleared_and_counted_as_a_wrong_key() -> None:
+    middleware, inner = auth(limit=3)
+    cookie = middleware.matcher.sessions.issue(KEY)
+    tampered = cookie[:-1] + ("A" if cookie[-1] != "A" else "Q")
+    for _ in range(3):
+        answer = await call(middleware, scope(headers={"cookie": f"session={tampered}"}, client="10.0.0.9"))
+        assert answer.status == 401
+        assert answer.headers["set-cookie"].startswith('session=""; ') and "Max-Age=0" in answer.headers["set-cookie"]
+    throttled = await call(middleware, scope(headers={"x-api-key": KEY}, client="10.0.0.9"))
+    assert throttled.status == 429 and not inner.called
+    assert (await call(middleware, scope(headers={"cookie": f"session={cookie}"}, client="10.0.0.9"))).status == 429
+
+
+async def test_an_ended_session_is_refused_and_cleared_but_not_counted() -> None:
+    """Expired or signed out, a genuine session a browser still holds: sent to sign in again, not throttled."""
+    wall = WallClock()
+    middleware, _ = auth(limit=1, wall=wall)
+    sessions = middleware.matcher.sessions
+    revoked = sessions.verify(signed_out := sessions.issue(KEY))
+    assert isinstance(revoked, Session)
+    sessions.revoke(revoked)
+    expired = sessions.issue(KEY)
+    wall.now += 601
+    page = {"accept": "text/html"}
+    for cookie in (signed_out, expired, signed_out):
+        answer = await call(middleware, scope(method="GET", path="/playground/",
+                                              headers={"cookie": f"session={cookie}", **page}))
+        assert answer.status == 303 and answer.headers["location"].startswith("/sign-in?next=")
+        assert "Max-Age=0" in answer.headers["set-cookie"]
+    assert (await call(middleware, scope(headers={"x-api-key": KEY}))).status == 200  # limit 1: nothing counted
+
+
+async def test_a_key_in_a_header_wins_over_a_cookie() -> None:
+    middleware, inner = auth()
+    answer = await call(middleware, scope(headers={"x-api-key": KEY, "cookie": "session=garbage"}))
+    assert answer.status == 200 and inner.called
+
+
+async def test_the_cookie_is_cleared_as_secure_over_tls() -> None:
+    middleware, _ = auth()
+    answer = await call(middleware, scope(headers={"cookie": "session=garbage"}, scheme="https"))
+    assert "; Secure" in answer.headers["set-cookie"]
 
 
 async def test_requests_without_a_key_are_not_counted_as_failures() -> None:
