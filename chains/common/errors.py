@@ -18,6 +18,8 @@ import httpx
 import openai
 from pydantic import BaseModel, Field
 
+from chains.common.log_text import one_line
+
 log = logging.getLogger(__name__)
 
 ErrorType = Literal[
@@ -157,7 +159,7 @@ def describe_failure(exc: BaseException, what: str = "a generation") -> Failure:
             return Failure("upstream_error", "the upstream model failed mid-stream" + (f" ({code})" if code else ""))
         case _:
             error_id = secrets.token_hex(6)
-            log.error("%s failed (error id %s)", what, error_id, exc_info=exc)
+            log.error("%s failed (error id %s)", one_line(what), error_id, exc_info=exc)  # `what` may hold a path
             return Failure("internal_error", f"internal error; the server logged it as {error_id}", error_id)
 
 

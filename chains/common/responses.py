@@ -35,6 +35,7 @@ from chains.common.errors import (
     openai_param,
     speaks_openai,
 )
+from chains.common.log_text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def failure_response(exc: BaseException, what: str) -> JSONResponse:
     """The answer to a request (`what`: method and path) that failed with `exc`."""
     failure = describe_failure(exc, what)
     if failure.kind != "internal_error":  # an internal error has been logged in full already
-        log.warning("%s failed: %s", what, failure.message)
+        log.warning("%s failed: %s", one_line(what), failure.message)
     return refuse(STATUS_OF[failure.kind], failure.kind, failure.message, error_id=failure.error_id)
 
 

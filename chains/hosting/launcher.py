@@ -8,12 +8,14 @@ raw UTF-8 request lines (the tutorial's curl commands).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import shutil
 import sys
 import tempfile
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 APP = "server:app"
 # The custom protocol is named here and nowhere else.
@@ -34,6 +36,17 @@ def command(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, quiet: 
             *(["--quiet"] if quiet else [])]
 
 
+def log_config(quiet: bool) -> dict[str, object]:
+    """uvicorn's logging, and the project's own loggers (`chains.*`: refusals by the request-line protocol,
+    connections closed to make room, clients that left) on the same handler: uvicorn configures only its own,
+    and Python's last-resort handler would show warnings only. The stream-end line has its own handler
+    (chains.observability.observer)."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["chains"] = {"handlers": ["default"], "level": "WARNING" if quiet else "INFO",
+                                   "propagate": False}
+    return config
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, quiet: bool = False) -> None:
     # Prometheus' multiprocess mode: each worker writes its metrics to files in this directory and /metrics adds
     # them up, so any worker's scrape shows the whole server. A fresh directory per start (old files would count
@@ -45,7 +58,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, quiet: bo
     try:
         uvicorn.run(APP, host=host, port=port, workers=workers, http=PROTOCOL, backlog=BACKLOG,
                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-                    log_level="warning" if quiet else "info", access_log=not quiet)
+                    log_level="warning" if quiet else "info", access_log=not quiet, log_config=log_config(quiet))
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)

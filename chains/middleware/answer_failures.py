@@ -6,6 +6,7 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chains.common.log_text import one_line
 from chains.common.responses import failure_response
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ class AnswerFailures:
             if not state["started"]:
                 await failure_response(exc, f'{scope["method"]} {scope["path"]}')(scope, receive, send)
             elif not state["complete"]:
-                log.warning("%s failed after its response started; ending it cleanly", scope["path"], exc_info=True)
+                log.warning("%s failed after its response started; ending it cleanly", one_line(scope["path"]),
+                            exc_info=True)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             else:
-                log.warning("%s failed after its response was sent", scope["path"], exc_info=True)
+                log.warning("%s failed after its response was sent", one_line(scope["path"]), exc_info=True)

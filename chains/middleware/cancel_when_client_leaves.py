@@ -7,6 +7,7 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chains.common.log_text import one_line
 from chains.common.scope import OPENAI_COMPLETIONS
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class CancelWhenClientLeaves:
         try:
             await asyncio.wait((app, watcher), return_when=asyncio.FIRST_COMPLETED)
             if not app.done() and not answered:  # the client left before its answer: stop the work
-                log.info("%s: the client left; cancelling its request", scope["path"])
+                log.info("%s: the client left; cancelling its request", one_line(scope["path"]))
                 app.cancel()
             try:
                 await app

@@ -223,6 +223,9 @@ def test_one_address_flooding_beyond_its_cap_and_reconnecting_leaves_others_serv
     assert seen.opened >= 700 and seen.closed_early >= 300, seen  # it reconnected, and was cut back each time
     assert most_fds <= fds_before + PER_ADDRESS + FD_SLACK, (fds_before, most_fds)
     assert_probe_always_served(probe)
+    # The operator is told, in one line, not one per connection (the launcher shows the project's INFO lines).
+    said = [line for line in flooded.server.output().splitlines() if "connections closed unanswered" in line]
+    assert 1 <= len(said) <= 3 and attacker in said[0], said
 
 
 # --- many addresses, each within its cap -----------------------------------------------------------------------

@@ -158,3 +158,11 @@ def test_a_failure_without_a_name_is_logged_whole_under_an_id_and_only_the_id_is
 def test_the_overloaded_error_keeps_how_many_wait() -> None:
     exc = ModelOverloadedError(7)
     assert isinstance(exc, RuntimeError) and exc.waiting == 7
+
+
+def test_a_failure_without_a_name_is_logged_on_one_line_whatever_its_path(caplog: pytest.LogCaptureFixture) -> None:
+    """`what` holds the request's path, percent-decoded: `%0A` is a real newline a client chooses."""
+    with caplog.at_level(logging.ERROR, logger="chains.common.errors"):
+        describe_failure(RuntimeError("boom"), "POST /x\nINFO stream end run_id=FAKE ending=done")
+    message = caplog.records[-1].getMessage()
+    assert "\n" not in message and "\\n" in message and message.startswith("POST /x")
