@@ -1,4 +1,4 @@
-"""chains.middleware.streams_per_client: at most MAX_STREAMS_PER_CLIENT model runs in flight per address."""
+"""chains.middleware.streams_per_client: at most MAX_STREAMS_PER_CLIENT streams in flight per address."""
 
 from __future__ import annotations
 
@@ -55,3 +55,20 @@ async def test_preflights_are_not_counted() -> None:
     assert (await call(StreamsPerClient(Inner(), limit=0), scope(method="OPTIONS"))).status == 200
     hold.set()
     await running
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/chat"), ("POST", "/chat"), ("POST", "/chat-buffered"), ("POST", "/v1/chat/completions"),
+    ("POST", "/conversation/stream"), ("GET", "/chat/runs/AAAAAAAAAAAAAAAAAAAAAA/stream")])
+async def test_every_route_that_holds_a_stream_counts(method: str, path: str) -> None:
+    """GET /chat (the tutorial's EventSource route) and a run's join count like POST /chat: a cap skipped for
+    any of them is a way around it."""
+    hold = asyncio.Event()
+    middleware = StreamsPerClient(Inner(hold), limit=1)
+    first = asyncio.create_task(call(middleware, scope(method=method, path=path)))
+    await asyncio.sleep(0.01)
+    second = await call(middleware, scope(method=method, path=path))
+    body = second.json()
+    assert second.status == 429 and (body.get("type") or body["error"]["code"]) == "too_many_streams"  # /v1: OpenAI's
+    hold.set()
+    assert (await first).status == 200
