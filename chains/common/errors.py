@@ -118,9 +118,11 @@ class ModelShareExceeded(ModelOverloadedError):
     """One client (an address, or an API key) holds as many of the local model's places as one may
     (LOCAL_QUEUE_PER_CLIENT): the model is not full, this client's share is."""
 
-    def __init__(self, who: str, held: int, share: int, places: int) -> None:
-        RuntimeError.__init__(self, f"this {who} holds {held} of the local model's {places} places (running or "
-                              f"waiting), the most one may (LOCAL_QUEUE_PER_CLIENT={share}); try again when one ends")
+    def __init__(self, who: str, held: int, share: int, places: int, runs: int = 1) -> None:
+        batch = f"a batch of {runs} inputs needs {runs} places: " if runs > 1 else ""
+        RuntimeError.__init__(self, f"{batch}this {who} holds {held} of the local model's {places} places (running "
+                              f"or waiting), the most one may hold is LOCAL_QUEUE_PER_CLIENT={share}; try again when "
+                              "one ends")
         self.waiting = held
 
 

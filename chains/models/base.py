@@ -57,7 +57,7 @@ class ModelPlaces:
         for who, slot in client.slots() if client is not None else ():
             held = self.held[slot]
             if held + runs > self.share:
-                return ModelShareExceeded(who, held, self.share, self.places)
+                return ModelShareExceeded(who, held, self.share, self.places, runs)
         return None
 
     def reserve(self, client: ModelClient | None, runs: int = 1) -> Reservation:

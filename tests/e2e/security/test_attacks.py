@@ -414,7 +414,11 @@ def test_a_batch_the_local_model_has_no_room_for_is_refused_before_it_starts(
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert "a batch of 4 inputs needs 4 places, 3 are free" in response.json()["error"]
     assert httpx.get(url + "/health").json()["generations"] == 0  # nothing was started
-    assert httpx.post(url + "/single-turn/batch", json={"inputs": ["Hi."] * 3}, timeout=60).status_code == 200
+    # Three fit the model, but not one client's share of it (LOCAL_QUEUE_PER_CLIENT, never every place).
+    share = httpx.post(url + "/single-turn/batch", json={"inputs": ["Hi."] * 3}, timeout=30)
+    assert share.status_code == 429 and share.json()["type"] == "too_many_runs", share.text
+    assert "holds 0 of the local model's 3 places" in share.json()["error"]
+    assert httpx.post(url + "/single-turn/batch", json={"inputs": ["Hi."] * 2}, timeout=60).status_code == 200
 
 
 def test_a_lone_surrogate_never_reaches_the_local_model(small_queue_local_server: LiveServer) -> None:

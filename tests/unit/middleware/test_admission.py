@@ -60,11 +60,17 @@ async def test_one_client_cannot_take_all_the_places() -> None:
     mine = await call(middleware, scope(client="127.0.0.9"))
     assert mine.status == 429 and mine.headers["retry-after"] == "1"
     assert mine.json() == {"type": "too_many_runs", "error": (
-        "this client address holds 4 of the local model's 5 places (running or waiting), the most one may "
-        "(LOCAL_QUEUE_PER_CLIENT=4); try again when one ends")}
+        "this client address holds 4 of the local model's 5 places (running or waiting), the most one may hold "
+        "is LOCAL_QUEUE_PER_CLIENT=4; try again when one ends")}
     same_key = await call(middleware, scope(client="127.0.0.10", **{API_KEY_ID: "key-a"}))
     assert same_key.status == 429 and "this API key holds 4" in same_key.json()["error"]
     assert (await call(middleware, scope(client="127.0.0.10", **{API_KEY_ID: "key-b"}))).status == 200
+    batch = await call(middleware, scope(path="/single-turn/batch", client="127.0.0.11", **{MODEL_RUNS: 1 + 4}))
+    assert batch.status == 503  # more than are free: the model's, not the share's, refusal
+    batch = await call(ModelAdmission(Inner(), Queue(queue_size=4, per_client=2)),
+                       scope(path="/single-turn/batch", **{MODEL_RUNS: 3}))
+    assert batch.status == 429 and batch.json()["error"].startswith(
+        "a batch of 3 inputs needs 3 places: this client address holds 0 of the local model's 5 places")
 
 
 async def test_an_admitted_request_holds_its_places_until_its_generations_claim_them() -> None:
