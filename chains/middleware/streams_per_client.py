@@ -1,4 +1,4 @@
-"""At most MAX_STREAMS_PER_CLIENT model runs in flight per client address."""
+"""At most MAX_STREAMS_PER_CLIENT streams in flight per client address: requests that run the model, and joins."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from chains.common.scope import MODEL_RUNS, client_address, holds_a_stream
 
 
 class StreamsPerClient:
-    """At most `limit` model runs in flight per client address; more get 429 + Retry-After. A /batch counts as
-    many runs as it has inputs. The address is the connection's, or the one a trusted proxy reports
-    (uvicorn's FORWARDED_ALLOW_IPS: docs/security.md)."""
+    """At most `limit` requests in flight per client address that run the model or join a run (each holds a
+    stream: `holds_a_stream`); more get 429 + Retry-After. A /batch counts as many runs as it has inputs. Runs
+    that outlive their request are counted by the run store's budgets (MAX_LIVE_RUNS_PER_*), not here. The
+    address is the connection's, or the one a trusted proxy reports (uvicorn's FORWARDED_ALLOW_IPS:
+    docs/security.md)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
