@@ -1,7 +1,6 @@
 """chains.middleware.auth's ApiKeyAuth in-process: 401 for API calls, a redirect to sign in for a browser, 429 for
 an address that sent too many wrong keys or cookies not signed here; the sign-in cookie holds a session, never a
-key. (The key matcher itself: tests/e2e/security/test_auth_keys.py; the session codec: tests/unit/common/
-test_keys.py.)"""
+key. (The key matcher and the session codec: tests/unit/common/test_keys.py.)"""
 
 from __future__ import annotations
 
