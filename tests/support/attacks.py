@@ -14,7 +14,9 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -40,6 +42,41 @@ def process_stats(server: LiveServer) -> ProcessStats:
     tasks = httpx.get(server.url + "/health", timeout=5).json()["tasks"]
     return ProcessStats(rss_mb=int(status["VmRSS"].split()[0]) / 1024, threads=int(status["Threads"]),
                         fds=len(os.listdir(f"/proc/{pid}/fd")), tasks=tasks)
+
+
+@dataclass
+class AttackedServer:
+    """A module's server under attack: where it started (`baseline`), the peak RSS seen, and what each test
+    cost (`growth`, reported at the end: which attacks cost memory)."""
+
+    server: LiveServer
+    baseline: ProcessStats
+    peak_rss_mb: float = 0.0
+    growth: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def rss_mb(self) -> float:
+        rss = process_stats(self.server).rss_mb
+        self.peak_rss_mb = max(self.peak_rss_mb, rss)
+        return rss
+
+    @contextmanager
+    def measuring(self, test: str) -> Iterator[None]:
+        """Records what the block (one test) cost in RSS, under `test`."""
+        before = self.rss_mb()
+        yield
+        self.growth[test] = self.rss_mb() - before
+
+    def assert_settled(self, rss_growth_bound_mb: float) -> ProcessStats:
+        return assert_settled(self.server, self.baseline, rss_growth_bound_mb, growth=self.growth,
+                              peak_rss_mb=self.peak_rss_mb)
 
 
 def loopback(n: int) -> str:

@@ -29,10 +29,9 @@ from playwright.sync_api import sync_playwright
 from chains.api.langserve import cancel_batches_together
 from chains.common.errors import ModelOverloadedError
 from tests.support.attacks import (
+    AttackedServer,
     HealthProbe,
-    ProcessStats,
     assert_no_stall,
-    assert_settled,
     json_body,
     process_stats,
     read_all,
@@ -56,30 +55,13 @@ RSS_GROWTH_BOUND_MB = 64
 # --- the server and what it costs ------------------------------------------------------------------------------
 
 @dataclass
-class Attacked:
-    server: LiveServer
-    baseline: ProcessStats
-    peak_rss_mb: float = 0.0
-    growth: dict[str, float] = field(default_factory=dict)
+class Attacked(AttackedServer):
     addresses: Iterator[int] = field(default_factory=lambda: iter(range(1, 60_000)))
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def port(self) -> int:
-        return int(self.server.url.rsplit(":", 1)[1])
 
     def client_address(self) -> dict[str, str]:
         """A client address of this test's own (X-Forwarded-For, trusted from loopback)."""
         n = next(self.addresses)
         return {"X-Forwarded-For": f"10.13.{n // 250}.{n % 250 + 1}"}
-
-    def rss_mb(self) -> float:
-        rss = process_stats(self.server).rss_mb
-        self.peak_rss_mb = max(self.peak_rss_mb, rss)
-        return rss
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +82,8 @@ def attacked() -> Iterator[Attacked]:
 @pytest.fixture(autouse=True)
 def rss_after_each_attack(request: pytest.FixtureRequest, attacked: Attacked) -> Iterator[None]:
     """Records the server's RSS after each test: the last test reports which attacks cost memory."""
-    before = attacked.rss_mb()
-    yield
-    attacked.growth[request.node.name] = attacked.rss_mb() - before
+    with attacked.measuring(request.node.name):
+        yield
 
 
 # --- 1. the JSON depth pre-check ------------------------------------------------------------------------------
@@ -730,7 +711,6 @@ def test_control_characters_in_a_message_are_harmless(attacked: Attacked) -> Non
 
 def test_after_every_attack_the_server_is_healthy_and_nothing_leaked(attacked: Attacked) -> None:
     """Tasks, threads and fds back to where they started; RSS within RSS_GROWTH_BOUND_MB; still serving the model."""
-    assert_settled(attacked.server, attacked.baseline, RSS_GROWTH_BOUND_MB, growth=attacked.growth,
-                   peak_rss_mb=attacked.peak_rss_mb)
+    attacked.assert_settled(RSS_GROWTH_BOUND_MB)
     response = httpx.post(attacked.url + "/single-turn/invoke", json={"input": "hi"}, headers=AUTH, timeout=30)
     assert response.status_code == 200  # still serving the model

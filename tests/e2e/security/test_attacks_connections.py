@@ -24,16 +24,15 @@ import pytest
 
 from tests.support.attacks import (
     STALL_BOUND_S,
+    AttackedServer,
     HealthProbe,
-    ProcessStats,
-    assert_settled,
     client_from,
     loopback,
     process_stats,
     read_all,
     status_of,
 )
-from tests.support.servers import LiveServer, running_app
+from tests.support.servers import running_app
 from tests.support.sse import parse_sse
 
 MAX_CONNECTIONS = 300
@@ -67,16 +66,8 @@ def raise_open_file_limit(needed: int) -> None:
 
 
 @dataclass
-class Flooded:
-    server: LiveServer
-    baseline: ProcessStats
-    growth: dict[str, float] = field(default_factory=dict)
-    peak_rss_mb: float = 0.0
+class Flooded(AttackedServer):
     _addresses: Iterator[int] = field(default_factory=lambda: iter(range(2, 250)))
-
-    @property
-    def port(self) -> int:
-        return self.server.port
 
     def address(self) -> str:
         """A loopback address no other test of the module uses (the server keeps nothing by address after a
@@ -85,11 +76,6 @@ class Flooded:
 
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.server.process.pid}/fd"))
-
-    def rss_mb(self) -> float:
-        rss = process_stats(self.server).rss_mb
-        self.peak_rss_mb = max(self.peak_rss_mb, rss)
-        return rss
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +89,8 @@ def flooded() -> Iterator[Flooded]:
 
 @pytest.fixture(autouse=True)
 def rss_after_each_attack(request: pytest.FixtureRequest, flooded: Flooded) -> Iterator[None]:
-    before = flooded.rss_mb()
-    yield
-    flooded.growth[request.node.name] = flooded.rss_mb() - before
+    with flooded.measuring(request.node.name):
+        yield
 
 
 # --- the attackers' side ---------------------------------------------------------------------------------------
@@ -351,8 +336,7 @@ def test_beyond_max_connections_with_none_idle_a_request_gets_503_with_retry_aft
 def test_after_every_flood_the_server_is_healthy_and_nothing_leaked(flooded: Flooded) -> None:
     """Tasks, threads and fds back to where they started; RSS within RSS_GROWTH_BOUND_MB; and no connection left
     counted: the address that flooded first may use its whole cap again, none of it closed to make room."""
-    assert_settled(flooded.server, flooded.baseline, RSS_GROWTH_BOUND_MB, growth=flooded.growth,
-                   peak_rss_mb=flooded.peak_rss_mb)
+    flooded.assert_settled(RSS_GROWTH_BOUND_MB)
 
     async def whole_cap() -> list[int | None]:
         connections = [await open_silent(FIRST_FLOODER, flooded.port) for _ in range(PER_ADDRESS)]
