@@ -30,6 +30,7 @@ from playwright.sync_api import Page, expect
 
 from tests.support.attacks import ProcessStats, assert_settled, client_from, loopback, process_stats
 from tests.support.fixtures import app_fixture, server_fixture
+from tests.support.logs import logfmt_pairs
 from tests.support.servers import HOST, LiveServer, clean_env, free_port, running_app, start_process
 
 KEY = "logs-sessions-key-5b7e1f"
@@ -87,20 +88,6 @@ plain_uvicorn_server = server_fixture(start_plain_uvicorn, doc="The app under pl
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
-
-PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s"]*)(?:\s|$)')
-
-
-def logfmt_pairs(text: str) -> list[tuple[str, str]]:
-    """Every `key=value` pair of a logfmt text, in order; fails if anything between them is not one."""
-    pairs, at = [], 0
-    while at < len(text):
-        match = PAIR.match(text, at)
-        assert match, f"not logfmt at {at}: {text[at:]!r}"
-        pairs.append((match.group(1), match.group(2)))
-        at = match.end()
-    return pairs
-
 
 def wait_for_line(server: LiveServer, predicate: Callable[[str], bool], seconds: float = 10) -> str:
     deadline = time.monotonic() + seconds

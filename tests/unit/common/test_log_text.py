@@ -4,15 +4,14 @@ written as it is."""
 from __future__ import annotations
 
 import json
-import re
 
 import orjson
 import pytest
 
 from chains.common.log_text import json_line, logfmt, logfmt_value, one_line
+from tests.support.logs import logfmt_pairs
 
 # A logfmt pair: a bare value, or a double-quoted one with backslash escapes.
-PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s"]*)(?:\s|$)')
 HOSTILE = [
     "1.2.3.4 ending=done tokens=999 run_id=FAKE",
     'a" ending="done',
@@ -22,15 +21,6 @@ HOSTILE = [
 ]
 
 
-def parse(line: str) -> list[tuple[str, str]]:
-    """The pairs of a logfmt line, in order; asserts that nothing is left over between them."""
-    pairs, at = [], 0
-    while at < len(line):
-        match = PAIR.match(line, at)
-        assert match, f"unparsed at {at}: {line[at:]!r}"
-        pairs.append((match.group(1), match.group(2)))
-        at = match.end()
-    return pairs
 
 
 def unquoted(value: str) -> str:
@@ -43,7 +33,7 @@ def unquoted(value: str) -> str:
 def test_a_hostile_value_stays_one_field_on_one_line(value: str) -> None:
     line = logfmt({"run_id": "abc", "client": value, "ending": "done"})
     assert len(line.splitlines()) == 1 and line.isprintable()
-    pairs = parse(line)
+    pairs = logfmt_pairs(line)
     assert [key for key, _ in pairs] == ["run_id", "client", "ending"]
     assert unquoted(pairs[1][1]) == value  # escaped, not lost: the value reads back as it was
 
