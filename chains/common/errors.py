@@ -106,7 +106,11 @@ def openai_error_body(status: int, kind: ErrorType, message: str, param: str | N
     return {"error": {"message": message, "type": openai_error_type(status), "param": param, "code": kind}}
 
 
-class ModelOverloadedError(RuntimeError):
+class ModelRefusal(RuntimeError):
+    """The local model cannot take a generation now: its queue is full, or this client holds its share of it."""
+
+
+class ModelOverloadedError(ModelRefusal):
     """More callers are waiting for a model than its queue allows (the local model's admission queue)."""
 
     def __init__(self, waiting: int) -> None:
@@ -114,16 +118,14 @@ class ModelOverloadedError(RuntimeError):
         self.waiting = waiting
 
 
-class ModelShareExceeded(ModelOverloadedError):
+class ModelShareExceeded(ModelRefusal):
     """One client (an address, or an API key) holds as many of the local model's places as one may
     (LOCAL_QUEUE_PER_CLIENT): the model is not full, this client's share is."""
 
     def __init__(self, who: str, held: int, share: int, places: int, runs: int = 1) -> None:
         batch = f"a batch of {runs} inputs needs {runs} places: " if runs > 1 else ""
-        RuntimeError.__init__(self, f"{batch}this {who} holds {held} of the local model's {places} places (running "
-                              f"or waiting), the most one may hold is LOCAL_QUEUE_PER_CLIENT={share}; try again when "
-                              "one ends")
-        self.waiting = held
+        super().__init__(f"{batch}this {who} holds {held} of the local model's {places} places (running or "
+                         f"waiting), the most one may hold is LOCAL_QUEUE_PER_CLIENT={share}; try again when one ends")
 
 
 class Failure(NamedTuple):

@@ -17,7 +17,7 @@ from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
-from chains.common.errors import ModelOverloadedError, ModelShareExceeded
+from chains.common.errors import ModelOverloadedError, ModelRefusal, ModelShareExceeded
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,7 @@ class ModelPlaces:
     def free(self) -> int:
         return self.places - self.pending
 
-    def refusal(self, client: ModelClient | None, runs: int = 1) -> ModelOverloadedError | None:
+    def refusal(self, client: ModelClient | None, runs: int = 1) -> ModelRefusal | None:
         """Why `runs` more generations of `client` would not fit now, or None when they would."""
         if runs > self.free():
             return ModelOverloadedError(max(self.pending - 1, 0))
