@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -14,7 +15,15 @@ from chains.common.settings import ConfigError
 from chains.models.fake import ScriptedChatModel, scripted_tokens
 from chains.runnables.chat import single_turn_chain
 from chains.streaming.generation import StreamOptions, generate
-from chains.streaming.redis_mirror import FINISHED_KEY, LIVE_KEY, address_key, events_key, meta_key, owner_key
+from chains.streaming.redis_mirror import (
+    FINISHED_KEY,
+    LIVE_KEY,
+    LIVE_LEASE,
+    address_key,
+    events_key,
+    meta_key,
+    owner_key,
+)
 from chains.streaming.redis_store import COMMAND_CONNECTIONS, RedisRunStore
 from chains.streaming.run import InvalidEventId, Run
 from chains.streaming.store import RunLimits, RunNotFound, RunOver, RunStoreFull, RunStoreUnavailable, TooManyRuns
@@ -184,6 +193,26 @@ async def test_the_budgets_of_an_address_and_a_key_count_the_runs_of_every_repli
     finally:
         await a.close()
         await b.close()
+
+
+async def test_the_lease_renewal_keeps_a_long_runs_place_in_its_clients_budgets(url: str) -> None:
+    """A run that outlives LIVE_LEASE stays counted against its address and its key: the renewal moves its
+    deadline in their sets (and their keys' expiry) as in the store's live set."""
+    a = RedisRunStore(url, RunLimits(max_live_per_address=2, max_live_per_key=2))
+    try:
+        run = await start(a, tokens=1000, delay_ms=20, owner="key-k", address="10.0.0.1")
+        await until(lambda: a.mirror.live[run.id].registered)
+        later = time.time() + 1000
+        pipe = a.redis.pipeline(transaction=False)
+        a.mirror._renew_leases(pipe, later)
+        await pipe.execute()
+        keys = redis.Redis.from_url(url)
+        for client_key in (address_key("10.0.0.1"), owner_key("key-k")):
+            assert keys.zscore(client_key, run.id) == pytest.approx(later + LIVE_LEASE)
+            assert keys.pttl(client_key) > (LIVE_LEASE - 5) * 1000
+        run.cancel()
+    finally:
+        await a.close()
 
 
 async def test_a_run_that_ends_as_the_store_closes_is_written_whole(url: str) -> None:
