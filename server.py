@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 
@@ -42,8 +43,7 @@ from chains.streaming.store import build_run_store
 
 
 def create_app(settings: Settings) -> FastAPI:
-    upstream_client = observed_async_client(settings.openai_model) if settings.provider == "openai" else None
-    model = build_chat_model(settings, upstream_client)
+    model = build_chat_model(settings, partial(observed_async_client, settings.openai_model))
     chains = build_chains(model, settings.system_prompt)
     admission = admission_queue(model)  # the local model's wait queue; None for the others
     tracing = tracing_from_environment()  # off unless OTEL_* turns it on

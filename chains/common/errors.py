@@ -33,7 +33,8 @@ ErrorType = Literal[
     # Runs (chains.api.runs): a Last-Event-ID that names no event of the run; a run store that is full or down.
     "invalid_event_id", "run_store_full", "run_store_unavailable",
     # A generation that could not run or stopped: the status of /invoke, /batch, or a stream's `event: error`.
-    "overloaded", "timeout", "upstream_error", "rate_limited", "upstream_auth", "shutdown", "internal_error",
+    "overloaded", "upstream_busy", "timeout", "upstream_error", "rate_limited", "upstream_auth", "shutdown",
+    "internal_error",
 ]
 
 
@@ -60,14 +61,15 @@ STATUS_OF: dict[ErrorType, int] = {
     "internal_error": 500,
     "upstream_error": 502,
     "upstream_auth": 502,  # our credentials upstream are wrong: not the caller's fault, so not 401
-    "overloaded": 503, "too_many_connections": 503, "shutdown": 503, "run_store_full": 503,
+    "overloaded": 503, "upstream_busy": 503, "too_many_connections": 503, "shutdown": 503, "run_store_full": 503,
     "run_store_unavailable": 503,
     "timeout": 504,
 }
 RETRY_AFTER_SECONDS = 1
 # The types a client should retry later: their answers carry `Retry-After`.
 RETRY_LATER: frozenset[ErrorType] = frozenset({
-    "overloaded", "rate_limited", "shutdown", "too_many_streams", "too_many_runs", "too_many_connections",
+    "overloaded", "upstream_busy", "rate_limited", "shutdown", "too_many_streams", "too_many_runs",
+    "too_many_connections",
     "too_many_auth_failures",
     "run_store_full", "run_store_unavailable"})
 # What a status from a library (Starlette's routing, LangServe) is called here.
@@ -107,15 +109,25 @@ def openai_error_body(status: int, kind: ErrorType, message: str, param: str | N
 
 
 class ModelRefusal(RuntimeError):
-    """The local model cannot take a generation now: its queue is full, or this client holds its share of it."""
+    """A model cannot take a generation now: its places are taken, or this client holds its share of them."""
 
 
 class ModelOverloadedError(ModelRefusal):
     """More callers are waiting for a model than its queue allows (the local model's admission queue)."""
 
+    kind: ErrorType = "overloaded"
+    model = "the local model"
+
     def __init__(self, waiting: int) -> None:
-        super().__init__(f"the local model is busy: {waiting} requests already waiting")
+        super().__init__(f"{self.model} is busy: {waiting} requests already waiting")
         self.waiting = waiting
+
+
+class UpstreamBusy(ModelOverloadedError):
+    """Every upstream has OPENAI_MAX_CONCURRENCY calls in flight and OPENAI_QUEUE_SIZE requests wait already."""
+
+    kind = "upstream_busy"
+    model = "the upstream model"
 
 
 class ModelShareExceeded(ModelRefusal):
@@ -143,7 +155,7 @@ def describe_failure(exc: BaseException, what: str = "a generation") -> Failure:
         case ModelShareExceeded():
             return Failure("too_many_runs", str(exc))
         case ModelOverloadedError():
-            return Failure("overloaded", str(exc))
+            return Failure(exc.kind, str(exc))
         case openai.APITimeoutError() | httpx.TimeoutException():
             return Failure("timeout", "the upstream model did not answer in time")
         case openai.RateLimitError():

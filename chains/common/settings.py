@@ -57,14 +57,23 @@ class Settings(BaseSettings):
     # openai: any OpenAI-compatible server.
     openai_api_key: SecretStr | None = Field(None, description="required for `openai` (any non-empty value for a "
                                              "local server); never logged or echoed")
-    openai_base_url: str | None = Field(None, description="any OpenAI-compatible `/v1` URL")
+    openai_base_url: str | None = Field(None, description="any OpenAI-compatible `/v1` URL, or several, comma-"
+                                        "separated, in order of preference: before its first token, a request that "
+                                        "one cannot take (refused, connect timeout, 5xx, 429) moves to the next")
     openai_model: str = Field("gpt-4o-mini", description="model name sent upstream")
     # ChatOpenAI's default is no timeout at all: a hung upstream would hang the request forever.
     openai_timeout: float = Field(60.0, gt=0, description="seconds for connect/read of each upstream call, a stall "
                                   "mid-stream included (ChatOpenAI's own default is no timeout at all)")
     openai_max_retries: int = Field(2, ge=0, le=10, description="the OpenAI client's retries of transient failures "
                                     "(408/409/429/5xx, connection errors, timeouts), with backoff, only before a "
-                                    "reply starts")
+                                    "reply starts; with several upstreams, only the last one retries (the others "
+                                    "fail over at once)")
+    openai_cooldown_seconds: float = Field(30.0, ge=0, description="with several upstreams: how long one that "
+                                           "failed is tried last rather than first")
+    openai_max_concurrency: int = Field(0, ge=0, description="calls in flight to each upstream at once; `0`: no "
+                                        "cap. Beyond it, requests wait (OPENAI_QUEUE_SIZE)")
+    openai_queue_size: int = Field(64, ge=0, description="with OPENAI_MAX_CONCURRENCY: requests that may wait for "
+                                   "an upstream's free slot; past it, 503 `upstream_busy` with Retry-After")
 
     # local: a GGUF run in-process by llama-cpp-python.
     local_model_path: Path | None = Field(None, description="any GGUF whose metadata carries a chat template")
@@ -89,6 +98,8 @@ class Settings(BaseSettings):
 
     # fake: deterministic scripted tokens for protocol tests and benchmarks.
     fake_reply_tokens: int = Field(20, ge=0, description="`fake` provider: tokens per reply")
+    fake_reasoning_tokens: int = Field(0, ge=0, description="`fake` provider: pieces of scripted reasoning before "
+                                       "the reply, as a reasoning model streams them")
     fake_token_delay_ms: float = Field(0.0, ge=0.0, description="`fake` provider: pause between tokens (ms)")
     fake_fail_after: int | None = Field(None, ge=0, description="`fake` provider: raise after this many tokens (to "
                                         "exercise the error paths)")
@@ -217,6 +228,22 @@ class Settings(BaseSettings):
             case "fake":
                 return "scripted"
 
+    def openai_base_urls(self) -> tuple[str | None, ...]:
+        """OPENAI_BASE_URL as its list, in order of preference; (None,) for OpenAI's own."""
+        if self.openai_base_url is None or not self.openai_base_url.strip():
+            return (None,)
+        urls = tuple(url.strip() for url in self.openai_base_url.split(","))
+        for i, url in enumerate(urls):
+            if not url:
+                raise ConfigError(f"OPENAI_BASE_URL: element {i + 1} of the list is empty (got "
+                                  f"{self.openai_base_url!r}); give comma-separated URLs")
+            if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", url):
+                shown = re.sub(r"//[^/@]*@", "//…@", url[:200])  # never credentials in the URL
+                raise ConfigError(f"OPENAI_BASE_URL: {shown!r} is not an http:// or https:// URL")
+        if len(set(urls)) != len(urls):
+            raise ConfigError("OPENAI_BASE_URL: the same URL is listed twice")
+        return urls
+
     def check(self) -> Settings:
         """Cross-field rules that a single field's validator cannot see."""
         if self.provider == "openai" and not self.openai_api_key:
@@ -231,6 +258,8 @@ class Settings(BaseSettings):
                     )
             if not self.local_model_path.is_file():
                 raise ConfigError(f"LOCAL_MODEL_PATH: {self.local_model_path} does not exist or is not a file")
+        if self.provider == "openai":
+            self.openai_base_urls()  # raises on a bad list
         if self.run_store_url and not self.run_store_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("RUN_STORE_URL: give redis://host:port/db (or rediss://, unix://), or leave it empty "
                               "for the in-memory store")

@@ -1,4 +1,5 @@
-"""Refuses model requests while the model's wait queue has no room for them, or their client holds its share."""
+"""Refuses model requests while the model's wait queue has no room for them, or their client holds its share: the
+local model's queue, or the upstreams' concurrency cap and its queue."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ CLAIM_GRACE_SECONDS = 2.0
 
 
 class ModelAdmission:
-    """Admits model requests to the local model, before anything starts: 503 + Retry-After when its places are
-    taken (one running, LOCAL_QUEUE_SIZE waiting; a /batch needs a place for each input), 429 + Retry-After when
+    """Admits model requests to a queued model, before anything starts: 503 + Retry-After when its places are
+    taken (the local model: one running, LOCAL_QUEUE_SIZE waiting; the upstreams: OPENAI_MAX_CONCURRENCY each
+    and OPENAI_QUEUE_SIZE waiting, `upstream_busy`; a /batch needs a place for each input), 429 + Retry-After when
     this client (its address, or its key) holds LOCAL_QUEUE_PER_CLIENT of them already. An admitted request holds
     its places (`admitted`), in its client's name, until its generations claim them, a run that outlives the
     request included: requests that arrive together cannot all pass before any generation starts."""
@@ -37,11 +39,11 @@ class ModelAdmission:
         except ModelShareExceeded as exc:
             await refuse(429, "too_many_runs", str(exc))(scope, receive, send)
             return
-        except ModelOverloadedError:
+        except ModelOverloadedError as exc:  # UpstreamBusy too
             free = self.queue.free_places()
             what = f"a batch of {runs} inputs needs {runs} places, {free} are free" if runs > 1 else \
                 "its wait queue is full"
-            await refuse(503, "overloaded", f"the local model is busy: {what}")(scope, receive, send)
+            await refuse(503, exc.kind, f"{exc.model} is busy: {what}")(scope, receive, send)
             return
         status = 0
 

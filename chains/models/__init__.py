@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -13,19 +14,25 @@ from chains.common.settings import ConfigError, Settings
 LOCAL_SAMPLING = ("seed", "repeat_penalty", "repeat_last_n", "top_k", "top_p", "min_p")
 
 
-def build_chat_model(settings: Settings, http_async_client: Any | None = None) -> BaseChatModel:
-    """The chat model the settings choose; imports only the chosen provider's code. `http_async_client` is the
-    HTTP client an upstream is called with (server.py passes the observed one: traceparent, retries, failures);
+def build_chat_model(settings: Settings, http_client_for: Callable[[str], Any] | None = None) -> BaseChatModel:
+    """The chat model the settings choose; imports only the chosen provider's code. `http_client_for(upstream)` is
+    the HTTP client an upstream is called with (server.py passes observed ones: traceparent, retries, failures);
     None is the OpenAI SDK's default."""
     match settings.provider:
         case "openai":
-            from langchain_openai import ChatOpenAI
+            from chains.models.upstreams import OpenAICompatibleChat, build_upstreams, upstream_label
 
-            return ChatOpenAI(
-                model=settings.openai_model, api_key=settings.openai_api_key, base_url=settings.openai_base_url,
-                temperature=settings.temperature, max_completion_tokens=settings.max_tokens, streaming=True,
-                timeout=settings.openai_timeout, max_retries=settings.openai_max_retries,
-                http_async_client=http_async_client)
+            def upstream_model(url: str | None, retries: bool) -> OpenAICompatibleChat:
+                client = http_client_for(upstream_label(url)) if http_client_for is not None else None
+                return OpenAICompatibleChat(
+                    model=settings.openai_model, api_key=settings.openai_api_key, base_url=url,
+                    temperature=settings.temperature, max_completion_tokens=settings.max_tokens, streaming=True,
+                    timeout=settings.openai_timeout, max_retries=settings.openai_max_retries if retries else 0,
+                    http_async_client=client)
+
+            return build_upstreams(settings.openai_base_urls(), upstream_model, settings.openai_model,
+                                   settings.openai_cooldown_seconds, settings.openai_max_concurrency,
+                                   settings.openai_queue_size)
         case "local":
             from chains.models.llama_probe import ensure_generation_works
 
@@ -48,4 +55,5 @@ def build_chat_model(settings: Settings, http_async_client: Any | None = None) -
             from chains.models.fake import ScriptedChatModel
 
             return ScriptedChatModel(reply_tokens=settings.fake_reply_tokens,
+                                     reasoning_tokens=settings.fake_reasoning_tokens,
                                      token_delay_ms=settings.fake_token_delay_ms, fail_after=settings.fake_fail_after)

@@ -14,7 +14,7 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessageChunk, BaseMessage
-from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.ai import OutputTokenDetails, UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 from chains.common.errors import ModelOverloadedError, ModelRefusal, ModelShareExceeded
@@ -35,25 +35,28 @@ class ModelClient:
 
 
 class ModelPlaces:
-    """The places of a model that runs one generation at a time: one running and `queue_size` waiting, and how
-    many of them each client holds. A client (an address, or a key) may hold at most `share` of them, never all
-    when there are two or more, so that one client cannot lock the others out. Thread-safe: generations give
-    their places back from the decode thread."""
+    """The places of a model that runs a bounded number of generations at once: running or waiting (the local
+    model: one running and `queue_size` waiting), and how many of them each client holds. With `per_client`, a
+    client (an address, or a key) may hold at most that share of them, never all when there are two or more, so
+    that one client cannot lock the others out. `busy` is the refusal when they are all taken. Thread-safe:
+    generations give their places back from the decode thread."""
 
-    def __init__(self, queue_size: int, per_client: int) -> None:
-        self.places = queue_size + 1
-        self.share = max(1, min(per_client, self.places - 1))
+    def __init__(self, places: int, per_client: int | None = None,
+                 busy: type[ModelOverloadedError] = ModelOverloadedError) -> None:
+        self.places = places
+        self.share = places if per_client is None else max(1, min(per_client, places - 1))
+        self.busy = busy
         self.pending = 0
         self.held: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def free(self) -> int:
+    def free_places(self) -> int:
         return self.places - self.pending
 
     def refusal(self, client: ModelClient | None, runs: int = 1) -> ModelRefusal | None:
         """Why `runs` more generations of `client` would not fit now, or None when they would."""
-        if runs > self.free():
-            return ModelOverloadedError(max(self.pending - 1, 0))
+        if runs > self.free_places():
+            return self.busy(max(self.pending - 1, 0))
         for who, slot in client.slots() if client is not None else ():
             held = self.held[slot]
             if held + runs > self.share:
@@ -122,8 +125,9 @@ admitted: ContextVar[Reservation | None] = ContextVar("admitted", default=None)
 
 @runtime_checkable
 class AdmissionQueue(Protocol):
-    """A model that runs one generation at a time behind a bounded wait queue (the local one): the server asks
-    it before a request starts, and refuses what would not fit."""
+    """The places of a model that runs a bounded number of generations at once behind a bounded wait queue (the
+    local one; the upstreams when capped): the server asks before a request starts, and refuses what would not
+    fit. `ModelPlaces` is one."""
 
     @property
     def pending(self) -> int:
@@ -141,7 +145,9 @@ class AdmissionQueue(Protocol):
 
 
 def admission_queue(model: BaseChatModel) -> AdmissionQueue | None:
-    return model if isinstance(model, AdmissionQueue) else None
+    """The model's places (its `places`), when it has a bounded number."""
+    places = getattr(model, "places", None)
+    return places if isinstance(places, AdmissionQueue) else None
 
 
 @dataclass(slots=True)
@@ -152,6 +158,7 @@ class UsageMeter:
 
     prompt_tokens: int | None = None
     completion_tokens: int = 0
+    upstream: str | None = None  # which of the upstreams answered (chains.models.upstreams), once one has
 
 
 # Set by the streaming core in each generation's task; models read it when their stream starts (None: nobody asks).
@@ -165,11 +172,19 @@ class StreamEnd:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    reasoning_tokens: int | None = None  # of the completion tokens, those the model reasoned with
 
 
-# What the streaming core reads of a model: each token's text as a plain `str`, then one `StreamEnd`. LangChain's
-# chunk objects are pydantic models (~8 µs each to build): on a path that only needs the text they are most of
-# what a paced token costs.
+class Reasoning(str):
+    """A piece of the model's reasoning (a reasoning model's `reasoning_content`), streamed apart from the answer:
+    a `str` whose type says it is not the answer's text."""
+
+    __slots__ = ()
+
+
+# What the streaming core reads of a model: each token's text as a plain `str` (a `Reasoning` piece, when the
+# model thinks aloud first), then one `StreamEnd`. LangChain's chunk objects are pydantic models (~8 µs each to
+# build): on a path that only needs the text they are most of what a paced token costs.
 TextStream = AsyncGenerator[str | StreamEnd, None]
 
 T = TypeVar("T")
@@ -210,11 +225,11 @@ class StreamedChatModel(BaseChatModel):
             async for item in items:
                 if isinstance(item, StreamEnd):
                     yield final_chunk(item.prompt_tokens or 0, item.completion_tokens or 0,
-                                      item.finish_reason or "stop", self.reported_model_name)
+                                      item.finish_reason or "stop", self.reported_model_name, item.reasoning_tokens)
                     continue
                 chunk = token_chunk(item)
                 if run_manager:
-                    await run_manager.on_llm_new_token(item, chunk=chunk)
+                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
@@ -227,14 +242,21 @@ class StreamedChatModel(BaseChatModel):
 
 
 def token_chunk(text: str) -> ChatGenerationChunk:
+    """A piece of the reply as LangChain's chunk; a `Reasoning` piece where LangChain's integrations for reasoning
+    models put it (`additional_kwargs["reasoning_content"]`), the content empty."""
+    if isinstance(text, Reasoning):
+        return ChatGenerationChunk(message=AIMessageChunk(content="", additional_kwargs={
+            "reasoning_content": str(text)}))
     return ChatGenerationChunk(message=AIMessageChunk(content=text))
 
 
-def final_chunk(prompt_tokens: int, completion_tokens: int, finish_reason: str, model_name: str
-                ) -> ChatGenerationChunk:
+def final_chunk(prompt_tokens: int, completion_tokens: int, finish_reason: str, model_name: str,
+                reasoning_tokens: int | None = None) -> ChatGenerationChunk:
     """The empty last chunk that carries usage and why the reply ended."""
     usage = UsageMetadata(input_tokens=prompt_tokens, output_tokens=completion_tokens,
                           total_tokens=prompt_tokens + completion_tokens)
+    if reasoning_tokens is not None:
+        usage["output_token_details"] = OutputTokenDetails(reasoning=reasoning_tokens)
     message = AIMessageChunk(
         content="", usage_metadata=usage,
         response_metadata={"finish_reason": finish_reason, "model_name": model_name}, chunk_position="last",

@@ -28,9 +28,7 @@ from llama_cpp.llama_types import ChatCompletionRequestMessage
 from pydantic import ConfigDict, PrivateAttr
 
 from chains.models.base import (
-    ModelClient,
     ModelPlaces,
-    Reservation,
     StreamedChatModel,
     StreamEnd,
     TextStream,
@@ -83,7 +81,7 @@ class LlamaCppChatModel(StreamedChatModel):
     _queue_observer: QueueObserver | None = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any, /) -> None:
-        self._places = ModelPlaces(self.queue_size, self.queue_per_client)
+        self._places = ModelPlaces(self.queue_size + 1, self.queue_per_client)
         self._llama = Llama(
             model_path=str(self.model_path),
             n_ctx=self.n_ctx,
@@ -117,16 +115,9 @@ class LlamaCppChatModel(StreamedChatModel):
         return {"model": self.model_path.name, "temperature": self.temperature, "max_tokens": self.max_tokens}
 
     @property
-    def pending(self) -> int:
-        """Generations running or waiting for the decode thread."""
-        return self._places.pending
-
-    def free_places(self) -> int:
-        """Generations that would be accepted now: one running and `queue_size` waiting fill it."""
-        return self._places.free()
-
-    def reserve(self, client: ModelClient | None, runs: int = 1) -> Reservation:
-        return self._places.reserve(client, runs)
+    def places(self) -> ModelPlaces:
+        """Generations running or waiting for the decode thread: one running and `queue_size` waiting fill it."""
+        return self._places
 
     def observe_queue(self, observer: QueueObserver) -> None:
         self._queue_observer = observer

@@ -64,11 +64,24 @@ local_queue_depth = Gauge(
 local_running = Gauge(
     "chains_local_generations_running", "Local model: generations decoding now", ("model",),
     multiprocess_mode="livesum")
+time_to_first_reasoning = Histogram(
+    "chains_time_to_first_reasoning_seconds", "Time from the request to a reasoning model's first piece of "
+    "thinking (streams with reasoning only)", STREAM_LABELS, buckets=TTFT_BUCKETS)
+time_to_first_answer = Histogram(
+    "chains_time_to_first_answer_seconds", "Time from the request to the answer's first token (after any "
+    "reasoning; the gen_ai time to first token counts either)", STREAM_LABELS, buckets=TTFT_BUCKETS)
+# The upstream label is one of the configured OPENAI_BASE_URL list (without credentials): bounded.
 upstream_retries = Counter(
-    "chains_upstream_retries", "Upstream (OpenAI-compatible) calls that were retries of a failed one", ("model",))
+    "chains_upstream_retries", "Upstream (OpenAI-compatible) calls that were retries of a failed one",
+    ("model", "upstream"))
 upstream_failures = Counter(
     "chains_upstream_failures", "Upstream answers that failed, by kind: rate_limited (429), auth (401/403), "
-    "client_error (other 4xx), server_error (5xx)", ("model", "kind"))
+    "client_error (other 4xx), server_error (5xx)", ("model", "upstream", "kind"))
+upstream_answers = Counter(
+    "chains_upstream_answers", "Generations an upstream answered (its first chunk arrived)", ("model", "upstream"))
+upstream_failovers = Counter(
+    "chains_upstream_failovers", "Generations that moved past an upstream before its first chunk (refused, timed "
+    "out, 5xx, 429) to the next one, or failed when it was the last", ("model", "upstream"))
 
 
 def render() -> tuple[bytes, str]:

@@ -17,6 +17,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_
 from chains.common.log_text import json_line, logfmt
 from chains.observability import metrics
 from chains.observability.tracing import Tracing
+from chains.observability.upstream import UpstreamsObserved
 from chains.streaming.record import StreamLabels, StreamRecord
 
 # The client's address, set by the request's middleware (chains.middleware.observe) for the log line: normalised
@@ -33,6 +34,8 @@ class _Series:
     __slots__ = (
         "duration",
         "endings",
+        "first_answer",
+        "first_reasoning",
         "first_token",
         "input_tokens",
         "longest_gap",
@@ -47,6 +50,8 @@ class _Series:
         self.open = metrics.streams_open.labels(*values)
         self.duration = metrics.operation_duration.labels(*values)
         self.first_token = metrics.time_to_first_token.labels(*values)
+        self.first_reasoning = metrics.time_to_first_reasoning.labels(*values)
+        self.first_answer = metrics.time_to_first_answer.labels(*values)
         self.per_token = metrics.time_per_output_token.labels(*values)
         self.longest_gap = metrics.longest_gap.labels(*values)
         self.input_tokens = metrics.token_usage.labels(*values, "input")
@@ -116,6 +121,8 @@ class StreamsObserved:
         series.ending(record.ending).inc()
         for histogram, value in ((series.duration, record.seconds), (series.first_token, record.time_to_first_token),
                                  (series.per_token, record.time_per_output_token),
+                                 (series.first_reasoning, record.time_to_first_reasoning),
+                                 (series.first_answer, record.time_to_first_answer),
                                  (series.longest_gap, record.longest_gap), (series.input_tokens, record.prompt_tokens),
                                  (series.output_tokens, record.completion_tokens)):
             if value is not None:  # not measured (no first token, one token only, no usage reported)
@@ -133,6 +140,12 @@ class StreamsObserved:
             attributes["gen_ai.usage.output_tokens"] = record.completion_tokens
         if record.time_to_first_token is not None:
             attributes["gen_ai.server.time_to_first_token"] = record.time_to_first_token
+        if record.reasoning_tokens is not None:
+            attributes["gen_ai.usage.reasoning.output_tokens"] = record.reasoning_tokens
+        if record.reasoning_events:
+            attributes["chains.reasoning_events"] = record.reasoning_events
+        if record.upstream is not None:
+            attributes["chains.upstream"] = record.upstream
         if record.ending not in ("done", "cancelled", "disconnect"):
             attributes["error.type"] = record.ending
             span.set_status(Status(StatusCode.ERROR))
@@ -147,6 +160,13 @@ class StreamsObserved:
             "finish_reason": record.finish_reason, "ttft_s": _rounded(record.time_to_first_token),
             "tokens": record.token_events, "prompt_tokens": record.prompt_tokens,
             "completion_tokens": record.completion_tokens, "duration_s": _rounded(record.seconds), "client": client}
+        if record.reasoning_events:
+            fields["reasoning_events"] = record.reasoning_events
+            fields["ttfa_s"] = _rounded(record.time_to_first_answer)
+        if record.reasoning_tokens is not None:
+            fields["reasoning_tokens"] = record.reasoning_tokens
+        if record.upstream is not None:
+            fields["upstream"] = record.upstream
         if self.json_log:
             return json_line(orjson.dumps(fields).decode())  # one object, one line
         # logfmt: a value with a space, `=`, `"` or anything non-printable is quoted and escaped, so that none
@@ -197,4 +217,7 @@ def observe(provider: str, model: str, temperature: float, max_tokens: int, json
     observe_queue = getattr(chat_model, "observe_queue", None)
     if observe_queue is not None:
         observe_queue(LocalQueueObserved(model))
+    observe_upstreams = getattr(chat_model, "observe_upstreams", None)
+    if observe_upstreams is not None:
+        observe_upstreams(UpstreamsObserved(model))
     return StreamsObserved(provider, model, temperature, max_tokens, tracing, json_log)

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, cast
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages.ai import UsageMetadata
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, ensure_config
@@ -21,7 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model,
 from pydantic.json_schema import SkipJsonSchema
 
 from chains.common.settings import DEFAULT_SYSTEM_PROMPT
-from chains.models.base import StreamedChatModel, StreamEnd, TextStream, closing
+from chains.models.base import Reasoning, StreamedChatModel, StreamEnd, TextStream, closing
 from chains.runnables.limits import conversation_size, user_text, within_limit
 
 Role = Literal["user", "assistant", "system"]
@@ -192,7 +193,7 @@ class ChatChain(Runnable[Any, str]):
             return
         async with aclosing(self.astream_text(input, config)) as items:
             async for item in items:
-                if not isinstance(item, StreamEnd):
+                if type(item) is str:  # the answer's text: not its reasoning, not its end
                     yield item
 
     def astream_text(self, input: Any, config: RunnableConfig | None = None) -> TextStream:
@@ -241,20 +242,27 @@ async def _messages_of(generations: AsyncIterator[ChatGenerationChunk]) -> Async
 
 
 async def _text_of_chunks(chunks: AsyncIterator[AIMessageChunk]) -> TextStream:
-    """Message chunks as a text stream: each chunk's text, then their usage and finish reason as one `StreamEnd`
-    (a provider may report them on different chunks, or not at all)."""
+    """Message chunks as a text stream: each chunk's reasoning (`additional_kwargs["reasoning_content"]`, where
+    LangChain's integrations for reasoning models put it) as a `Reasoning` piece, its text, then their usage and
+    finish reason as one `StreamEnd` (a provider may report them on different chunks, or not at all)."""
     finish_reason: str | None = None
-    usage: dict[str, int] | None = None
+    usage: UsageMetadata | None = None
     async with closing(chunks) as stream:
         async for chunk in stream:
+            reasoning = chunk.additional_kwargs.get("reasoning_content") if chunk.additional_kwargs else None
+            if reasoning and isinstance(reasoning, str):
+                yield Reasoning(reasoning)
             if chunk.content:
                 yield chunk.text
             if chunk.usage_metadata:
-                usage = {"input_tokens": chunk.usage_metadata["input_tokens"],
-                         "output_tokens": chunk.usage_metadata["output_tokens"]}
+                usage = chunk.usage_metadata
             if chunk.response_metadata:
                 finish_reason = chunk.response_metadata.get("finish_reason") or finish_reason
-    yield StreamEnd(finish_reason, usage["input_tokens"] if usage else None, usage["output_tokens"] if usage else None)
+    if usage is None:
+        yield StreamEnd(finish_reason)
+        return
+    reasoning_tokens = (usage.get("output_token_details") or {}).get("reasoning")
+    yield StreamEnd(finish_reason, usage["input_tokens"], usage["output_tokens"], reasoning_tokens)
 
 
 def _observed(config: RunnableConfig | None) -> bool:

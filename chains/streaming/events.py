@@ -27,18 +27,34 @@ class TokenEvent(BaseModel):
     token_count: int = Field(description="token events sent so far, this one's included (not the model's tokens)")
 
 
+class ReasoningEvent(BaseModel):
+    """`event: reasoning` — the next piece of a reasoning model's thinking, before the answer's tokens."""
+
+    token: str
+    token_count: int = Field(description="reasoning events sent so far, this one's included")
+
+
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = Field(description="of the completion tokens, those the model reasoned with")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
-    completion_tokens: int = Field(description="the model's own token count (a character can be several tokens)")
+    completion_tokens: int = Field(description="the model's own token count (a character can be several tokens); "
+                                   "reasoning tokens included")
     total_tokens: int
+    completion_tokens_details: CompletionTokensDetails | None = Field(
+        None, description="when the model reports its reasoning tokens")
 
 
 class DoneEvent(BaseModel):
     """`event: done` — the reply is complete, or was cancelled (`status` and `finish_reason` "cancelled": then the
-    fields count what was sent until then). Concatenating every `token` gives `full_response`."""
+    fields count what was sent until then). Concatenating every `token` gives `full_response`, every reasoning
+    event's `token` gives `full_reasoning`."""
 
     status: Literal["completed", "cancelled"] = "completed"
-    full_response: str
+    full_response: str = Field(description="the answer (the reasoning is not part of it)")
+    full_reasoning: str = Field("", description="the model's reasoning before its answer; empty when it had none")
     token_count: int = Field(description="token events sent")
     duration: float = Field(description="seconds from the first request to the model to the last token")
     tokens_per_second: float
@@ -60,6 +76,8 @@ class EventFormat(Protocol):
     def start(self, event_id: bytes, event: StartEvent) -> bytes | None: ...
 
     def tokens(self, event_id: bytes, text: str, token_count: int) -> bytes: ...
+
+    def reasoning(self, event_id: bytes, text: str, count: int) -> bytes: ...
 
     def done(self, event_id: bytes, event: DoneEvent) -> bytes: ...
 

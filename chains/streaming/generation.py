@@ -26,7 +26,7 @@ from typing import Any, Literal
 from chains.common.errors import describe_failure
 from chains.models.base import StreamEnd, TextStream, UsageMeter, usage_meter
 from chains.runnables.chat import ChatChain
-from chains.streaming.events import DoneEvent, ErrorEvent, EventFormat, StartEvent, Usage
+from chains.streaming.events import CompletionTokensDetails, DoneEvent, ErrorEvent, EventFormat, StartEvent, Usage
 from chains.streaming.record import StreamLabels, StreamObserver, StreamRecord
 from chains.streaming.run import CancelReason, Run, RunStatus
 
@@ -75,8 +75,9 @@ class LiveStreams:
 class Generation:
     """One generation in flight: the task that runs the chain and writes its events into the run.
 
-    How it went is told here, never by an encoding: `first_token()` returns once the first token was sent (None)
-    or the generation ended without one (its failure, or None when it completed or was cancelled empty);
+    How it went is told here, never by an encoding: `first_token()` returns once the first token (or reasoning
+    piece) was sent (None) or the generation ended without one (its failure, or None when it completed or was
+    cancelled empty);
     `failure` is the terminal error, `record` what was measured, both set when the run finishes."""
 
     def __init__(self, run: Run, chain: ChatChain, chain_input: Any, options: StreamOptions,
@@ -87,7 +88,9 @@ class Generation:
         self.labels = labels
         self.observer = observer
         self.handle = observer.stream_started(labels) if observer is not None else None
-        self.first_token_at: float | None = None
+        self.first_token_at: float | None = None  # the answer's first token
+        self.first_output_at: float | None = None  # the first reasoning piece or answer token
+        self.first_reasoning_at: float | None = None
         self.longest_gap = 0.0
         self.cancel_reason: CancelReason | None = None  # set by a cancel (a request, or the disconnect policy)
         self.fmt = fmt
@@ -96,6 +99,7 @@ class Generation:
         self.finish_reason: str | None = None
         self.meter = UsageMeter()
         self.texts: list[str] = []  # every token sent: the full response
+        self.reasoning: list[str] = []  # every reasoning piece sent: the full reasoning
         self.pending: list[str] = []  # buffered tokens not yet sent (buffer_size > 1)
         self.seq = 0
         self.token_count = 0
@@ -170,16 +174,22 @@ class Generation:
             ending = self.interrupted.type  # timeout, shutdown
         else:
             ending = failure or "internal_error"
-        first, tokens, usage = self.first_token_at, self.token_count, self._usage()
-        per_token = (self.last_token - first) / (tokens - 1) if first is not None and tokens > 1 else None
+        first, usage, began = self.first_output_at, self._usage(), self.began
+        outputs = self.token_count + len(self.reasoning)
+        per_token = (self.last_token - first) / (outputs - 1) if first is not None and outputs > 1 else None
+        details = usage.completion_tokens_details if usage else None
         return StreamRecord(
             run_id=self.run.id, labels=self.labels, ending=ending, finish_reason=self.finish_reason,
-            seconds=self.loop.time() - self.began,
-            time_to_first_token=first - self.began if first is not None else None,
-            time_per_output_token=per_token, longest_gap=self.longest_gap if tokens > 1 else None,
-            token_events=tokens,
+            seconds=self.loop.time() - began,
+            time_to_first_token=first - began if first is not None else None,
+            time_per_output_token=per_token, longest_gap=self.longest_gap if outputs > 1 else None,
+            token_events=self.token_count,
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
+            time_to_first_reasoning=None if self.first_reasoning_at is None else self.first_reasoning_at - began,
+            time_to_first_answer=None if self.first_token_at is None else self.first_token_at - began,
+            reasoning_events=len(self.reasoning), reasoning_tokens=details.reasoning_tokens if details else None,
+            upstream=self.meter.upstream,
         )
 
     def _stopped_before_it_began(self, task: asyncio.Task[None]) -> None:
@@ -199,8 +209,12 @@ class Generation:
         event_id, seq, count = run.event_id, self.seq, self.token_count
         try:
             async for text in items:
-                if isinstance(text, StreamEnd):
-                    self._note_end(text)
+                if text.__class__ is not str:  # the end, or a reasoning piece: one type check on the hot path
+                    if isinstance(text, StreamEnd):
+                        self._note_end(text)
+                    else:
+                        seq += 1
+                        self._send_reasoning(event_id(seq), text)
                     continue
                 texts.append(text)
                 seq += 1
@@ -213,8 +227,12 @@ class Generation:
     async def _send_grouped(self, items: TextStream) -> None:
         pending, buffer_size, loop = self.pending, self.options.buffer_size, self.loop
         async for text in items:
-            if isinstance(text, StreamEnd):
-                self._note_end(text)
+            if text.__class__ is not str:
+                if isinstance(text, StreamEnd):
+                    self._note_end(text)
+                else:  # reasoning is not buffered with the answer: what was buffered goes first
+                    self._flush()
+                    self._send_reasoning(self._next_id(), text)
                 continue
             pending.append(text)
             self._token_time()
@@ -227,12 +245,34 @@ class Generation:
         now = self.loop.time()
         if self.first_token_at is None:
             self.first_token_at = now
-            self._first_token.set_result(None)
-            if self.observer is not None:
-                self.observer.first_token(self.handle)
-        elif now - self.last_token > self.longest_gap:
+            if self.first_output_at is None:
+                self._first_output(now)
+                return
+        if now - self.last_token > self.longest_gap:
             self.longest_gap = now - self.last_token
         self.last_token = now
+
+    def _first_output(self, now: float) -> None:
+        """The first thing the model said, its reasoning or its answer: the stream has begun (no failover after it,
+        an HTTP status no longer), and the idle deadline counts from here."""
+        self.first_output_at = self.last_token = now
+        self._first_token.set_result(None)
+        if self.observer is not None:
+            self.observer.first_token(self.handle)
+
+    def _send_reasoning(self, event_id: bytes, text: str) -> None:
+        """A reasoning piece: its own event, in the run's one sequence of ids (a resume replays it); it counts as
+        activity for the idle timeout."""
+        now = self.loop.time()
+        if self.first_reasoning_at is None:
+            self.first_reasoning_at = now
+        if self.first_output_at is None:
+            self._first_output(now)
+        else:
+            self.longest_gap = max(self.longest_gap, now - self.last_token)
+            self.last_token = now
+        self.reasoning.append(text)
+        self.run.append(self.fmt.reasoning(event_id, text, len(self.reasoning)))
 
     def _flush(self) -> None:
         """Send the buffered tokens as one event (buffering, or before a terminal event)."""
@@ -253,8 +293,11 @@ class Generation:
 
     def _note_end(self, end: StreamEnd) -> None:
         if end.prompt_tokens is not None and end.completion_tokens is not None:
+            details = None if end.reasoning_tokens is None else \
+                CompletionTokensDetails(reasoning_tokens=end.reasoning_tokens)
             self.usage = Usage(prompt_tokens=end.prompt_tokens, completion_tokens=end.completion_tokens,
-                               total_tokens=end.prompt_tokens + end.completion_tokens)
+                               total_tokens=end.prompt_tokens + end.completion_tokens,
+                               completion_tokens_details=details)
         self.finish_reason = end.finish_reason
 
     def _usage(self) -> Usage | None:
@@ -263,12 +306,13 @@ class Generation:
         if self.usage is not None or meter.prompt_tokens is None:
             return self.usage
         return Usage(prompt_tokens=meter.prompt_tokens, completion_tokens=meter.completion_tokens,
-                     total_tokens=meter.prompt_tokens + meter.completion_tokens)
+                     total_tokens=meter.prompt_tokens + meter.completion_tokens, completion_tokens_details=None)
 
     def _done(self, status: Literal["completed", "cancelled"]) -> bytes:
         duration = time.perf_counter() - self.started
         return self.fmt.done(self._next_id(), DoneEvent(
-            status=status, full_response="".join(self.texts), token_count=self.token_count, duration=duration,
+            status=status, full_response="".join(self.texts), full_reasoning="".join(self.reasoning),
+            token_count=self.token_count, duration=duration,
             tokens_per_second=self.token_count / duration if duration > 0 else 0.0, usage=self._usage(),
             finish_reason="cancelled" if status == "cancelled" else self.finish_reason,
         ))

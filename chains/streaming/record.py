@@ -24,12 +24,17 @@ class StreamRecord:
     ending: str  # done, cancelled, disconnect, timeout, shutdown, or the error type
     finish_reason: str | None
     seconds: float  # from the request to the terminal event
-    time_to_first_token: float | None
+    time_to_first_token: float | None  # the first output: a reasoning piece, or the answer's first token
     time_per_output_token: float | None  # mean gap between tokens after the first (OTel's definition)
-    longest_gap: float | None  # the longest silence between two tokens
+    longest_gap: float | None  # the longest silence between two tokens (reasoning pieces included)
     token_events: int
     prompt_tokens: int | None
     completion_tokens: int | None
+    time_to_first_reasoning: float | None = None  # None: the model did not reason aloud
+    time_to_first_answer: float | None = None
+    reasoning_events: int = 0
+    reasoning_tokens: int | None = None
+    upstream: str | None = None  # which upstream answered (the openai provider)
 
 
 class StreamObserver(Protocol):

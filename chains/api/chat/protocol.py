@@ -1,9 +1,11 @@
 """The tutorial's `/chat` surface on the wire: request models, and the two encodings of a generation's events.
 
 Two encodings serve every `/chat` route:
-- `JsonEvents` — the tutorial's `/chat` schema: `event: start`, one default event per token (or buffered group)
-  `{"token", "token_count"}`, `event: done` with the summary, or `event: error`. Every event has an `id:`.
-- `RawText` — the tutorial's other routes: the text itself as `data:` lines, `event: done` / `data: Completed`,
+- `JsonEvents` — the tutorial's `/chat` schema: `event: start`, `event: reasoning` `{"token", "token_count"}` per
+  piece of a reasoning model's thinking, one default event per token (or buffered group) `{"token",
+  "token_count"}`, `event: done` with the summary, or `event: error`. Every event has an `id:`.
+- `RawText` — the tutorial's other routes: the text itself as `data:` lines (a reasoning model's thinking as
+  `event: reasoning` with its text as `data:` lines), `event: done` / `data: Completed`,
   `event: error` / `data: <message>`. Multi-line text becomes several `data:` lines, as the SSE spec requires,
   so a client joining them gets `\\n` back (a lone `\\r` is a line end in SSE and arrives as `\\n`).
 
@@ -19,7 +21,7 @@ import orjson
 from pydantic import BaseModel, Field, model_validator
 
 from chains.runnables.chat import BoundedText, ChatMessage, UserText, check_conversation
-from chains.streaming.events import DoneEvent, ErrorEvent, StartEvent, TokenEvent
+from chains.streaming.events import DoneEvent, ErrorEvent, ReasoningEvent, StartEvent, TokenEvent
 
 Message = Annotated[UserText, Field(description="the user's message")]
 SystemPrompt = Annotated[BoundedText, Field(description="instructions for the assistant; default: SYSTEM_PROMPT")]
@@ -80,15 +82,18 @@ def sse_responses(events: list[str], data: dict[str, Any]) -> dict[int | str, di
                   "content": {"text/event-stream": {"schema": event_schema}}}}
 
 
-JSON_SSE = sse_responses(["start", "message", "done", "error"], {"contentMediaType": "application/json"})
-RAW_SSE = sse_responses(["message", "done", "error"], {})
+JSON_SSE = sse_responses(["start", "reasoning", "message", "done", "error"], {"contentMediaType": "application/json"})
+RAW_SSE = sse_responses(["reasoning", "message", "done", "error"], {})
 CHAT_EVENTS_DOC = f"""Server-sent events, each with an `id:`:
 - `event: start` — `{StartEvent.model_json_schema()["properties"]}`
+- `event: reasoning` — `{ReasoningEvent.model_json_schema()["properties"]}` per piece of a reasoning model's
+  thinking, before the answer's tokens (none from a model that does not reason aloud)
 - default event — `{TokenEvent.model_json_schema()["properties"]}` per token, or per group when buffering
-- `event: done` — the summary (`full_response`, `token_count`, `duration`, `tokens_per_second`, `usage`,
-  `finish_reason`)
+- `event: done` — the summary (`full_response`, `full_reasoning`, `token_count`, `duration`, `tokens_per_second`,
+  `usage`, `finish_reason`)
 - `event: error` — `{ErrorEvent.model_json_schema()["properties"]}`; the stream ends after it.
-Concatenating the tokens gives exactly `full_response`. A `: heartbeat` comment keeps idle connections open.
+Concatenating the tokens gives exactly `full_response`, the reasoning pieces `full_reasoning`. A `: heartbeat`
+comment keeps idle connections open.
 """
 
 
@@ -112,6 +117,10 @@ class JsonEvents:
         # Hot path: one orjson call, no model object. orjson escapes newlines, so one data line always.
         return b'id: %b\ndata: {"token":%b,"token_count":%d}\n\n' % (event_id, orjson.dumps(text), token_count)
 
+    def reasoning(self, event_id: bytes, text: str, count: int) -> bytes:
+        return b'id: %b\nevent: reasoning\ndata: {"token":%b,"token_count":%d}\n\n' % (
+            event_id, orjson.dumps(text), count)
+
     def done(self, event_id: bytes, event: DoneEvent) -> bytes:
         return b"id: %b\nevent: done\ndata: %b\n\n" % (event_id, event.model_dump_json().encode())
 
@@ -127,6 +136,10 @@ class RawText:
 
     def tokens(self, event_id: bytes, text: str, token_count: int) -> bytes:
         return b"id: %b\n%b\n" % (event_id, data_lines(text))
+
+    def reasoning(self, event_id: bytes, text: str, count: int) -> bytes:
+        # Its own event type: a client that joins the `data:` lines of unnamed events gets the answer alone.
+        return b"id: %b\nevent: reasoning\n%b\n" % (event_id, data_lines(text))
 
     def done(self, event_id: bytes, event: DoneEvent) -> bytes:
         ending = b"Completed" if event.status == "completed" else b"Cancelled"

@@ -22,7 +22,16 @@ import time
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
 
 from chains.common.errors import STATUS_OF, openai_error_body
 from chains.common.responses import ERROR_RESPONSES
@@ -31,6 +40,8 @@ from chains.streaming.events import DoneEvent, ErrorEvent, StartEvent, Usage
 
 # OpenAI allows up to four stop sequences.
 MAX_STOP_SEQUENCES = 4
+# OpenAI's values (`none` and `xhigh` on its newer models).
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 
 
 def _only(no_op: Any, why: str) -> AfterValidator:
@@ -111,7 +122,18 @@ class ChatCompletionRequest(BaseModel):
         None, description="up to 4 sequences that end the reply (not included in it); honoured by the local and "
         "openai providers, not by the scripted one")
     seed: int | None = Field(None, description="sampling seed, where the provider takes one")
+    reasoning_effort: ReasoningEffort | None = Field(
+        None, description="how hard a reasoning model thinks: passed to the upstream (the openai provider); refused "
+        "by the local and scripted providers, which cannot honour it")
+    # Accepted and not used: they change nothing in the reply (OpenAI's own bookkeeping and caching hints).
     user: BoundedText | None = Field(None, max_length=256, description="accepted and not used")
+    metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = Field(
+        None, max_length=16, description="accepted and not used (OpenAI stores it with stored completions)")
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = Field(
+        None, description="accepted and not used")
+    prompt_cache_key: BoundedText | None = Field(None, max_length=1024, description="accepted and not used")
+    safety_identifier: BoundedText | None = Field(None, max_length=256, description="accepted and not used")
+    verbosity: Literal["low", "medium", "high"] | None = Field(None, description="accepted and not used")
     # Accepted only at the value that asks for nothing.
     n: Annotated[int | None, _only(1, "one choice per request")] = None
     top_p: Annotated[float | None, _only(1, "the server's own sampling settings apply")] = None
@@ -128,6 +150,14 @@ class ChatCompletionRequest(BaseModel):
     response_format: Annotated[Any, _only({"type": "text"}, "replies are plain text")] = None
     modalities: Annotated[list[str] | None, _only(["text"], "replies are text")] = None
     store: Annotated[bool | None, _only(False, "completions are not stored")] = None
+
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_a_stream(cls, value: StreamOptionsParam | None,
+                                      info: ValidationInfo) -> StreamOptionsParam | None:
+        if value is not None and not info.data.get("stream"):  # as OpenAI answers it
+            raise ValueError("The 'stream_options' parameter is only allowed when 'stream' is enabled.")
+        return value
 
     @property
     def completion_tokens_limit(self) -> int | None:
@@ -153,6 +183,8 @@ class CompletionMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
     refusal: None = None
+    reasoning_content: str | None = Field(None, description="a reasoning model's thinking before its answer, as "
+                                          "vLLM and llama.cpp's server send it")
 
 
 class CompletionChoice(BaseModel):
@@ -232,6 +264,7 @@ class ChatCompletionChunks(_Completion):
         # The hot path: one token is the prefix, the text as a JSON string, the suffix. `logprobs` (optional, never
         # given here) is left out of the token chunks: every byte of a chunk costs the client too.
         self._token_prefix = self._head + b',"choices":[{"index":0,"delta":{"content":'
+        self._reasoning_prefix = self._head + b',"choices":[{"index":0,"delta":{"reasoning_content":'
         self._token_suffix = b'},"finish_reason":null}]' + usage + b"}\n\n"
         self._usage_null = usage
 
@@ -244,6 +277,10 @@ class ChatCompletionChunks(_Completion):
 
     def tokens(self, event_id: object, text: str, token_count: int) -> bytes:
         return self._token_prefix + orjson.dumps(text) + self._token_suffix
+
+    def reasoning(self, event_id: object, text: str, count: int) -> bytes:
+        # The field vLLM, llama.cpp's server and DeepSeek send, which OpenAI-compatible clients read.
+        return self._reasoning_prefix + orjson.dumps(text) + self._token_suffix
 
     def done(self, event_id: object, event: DoneEvent) -> bytes:
         finish = self._chunk(b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":%b}]'
@@ -268,10 +305,14 @@ class ChatCompletionBody(_Completion):
     def tokens(self, event_id: object, text: str, token_count: int) -> bytes:
         return b""
 
+    def reasoning(self, event_id: object, text: str, count: int) -> bytes:
+        return b""
+
     def done(self, event_id: object, event: DoneEvent) -> bytes:
+        message = CompletionMessage(content=event.full_response, reasoning_content=event.full_reasoning or None)
         return ChatCompletion(
             id=self.id, created=self.created, model=self.model, usage=event.usage,
-            choices=[CompletionChoice(message=CompletionMessage(content=event.full_response),
+            choices=[CompletionChoice(message=message,
                                       finish_reason=self.finish_reason(event))],
         ).model_dump_json().encode()
 

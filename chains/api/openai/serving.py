@@ -115,6 +115,8 @@ class OpenAIServing:
             params["stop"] = request.stop
         if request.seed is not None:
             params["seed"] = request.seed
+        if request.reasoning_effort is not None:
+            params["reasoning_effort"] = request.reasoning_effort
         return chain.with_model_params(**params) if params else chain
 
     async def create(self, request: ChatCompletionRequest, client: RunClient = ANONYMOUS) -> Response:
@@ -130,6 +132,9 @@ class OpenAIServing:
             for error in errors:
                 error["loc"] = ("messages",)
             return openai_invalid(errors)
+        if request.reasoning_effort is not None and self.settings.provider != "openai":
+            return refuse(400, "invalid_body", f"reasoning_effort: the {self.settings.provider} provider's model does "
+                          "not reason; only an upstream (CHAT_PROVIDER=openai) can honour it", param="reasoning_effort")
         chain = self.chain_for(request)
         fmt: ChatCompletionChunks | ChatCompletionBody
         if request.stream:

@@ -10,6 +10,7 @@ from langserve import RemoteRunnable
 
 from chains.common.settings import load_settings
 from chains.models import build_chat_model
+from chains.models.upstreams import Upstreams
 from tests.support.sse import parse_sse
 
 
@@ -20,13 +21,20 @@ def chat_openai(llama_openai_upstream) -> ChatOpenAI:
         openai_base_url=f"{llama_openai_upstream.url}/v1", max_tokens=16, temperature=0, openai_timeout=30,
     )
     model = build_chat_model(settings)
-    assert isinstance(model, ChatOpenAI)
-    return model
+    assert isinstance(model, Upstreams) and len(model.upstreams) == 1
+    return model.upstreams[0].model
 
 
-def test_factory_sets_an_explicit_timeout_and_retries(chat_openai: ChatOpenAI) -> None:
+def test_factory_sets_an_explicit_timeout_and_retries_and_asks_for_usage(chat_openai: ChatOpenAI) -> None:
     assert chat_openai.request_timeout == 30  # ChatOpenAI's own default is None: wait forever
-    assert chat_openai.max_retries == 2
+    assert chat_openai.max_retries == 2  # the last (here the only) upstream retries
+    assert chat_openai.stream_usage  # ChatOpenAI's default asks only OpenAI's own URL
+
+
+async def test_provider_streams_the_upstreams_usage(chat_openai: ChatOpenAI) -> None:
+    chunks = [c async for c in chat_openai.astream([HumanMessage("Say hi.")])]
+    [usage] = [c.usage_metadata for c in chunks if c.usage_metadata]
+    assert usage["input_tokens"] > 0 and 0 < usage["output_tokens"] <= 16
 
 
 async def test_provider_streams_tokens_and_honours_max_tokens(chat_openai: ChatOpenAI) -> None:

@@ -112,8 +112,8 @@ def test_every_counter_and_histogram_count_equals_the_traffic_driven(observed) -
                  error_type="") == 1
     assert value(samples, "chains_http_requests_total", route=cancel_route, method="POST", status="404",
                  error_type="not_found") == driven["cancel_statuses"][404]
-    assert value(samples, "chains_upstream_retries_total", model="fault") == 2
-    assert value(samples, "chains_upstream_failures_total", model="fault", kind="rate_limited") == 3
+    assert value(samples, "chains_upstream_retries_total", model="fault", upstream=FAULT_UPSTREAM) == 2
+    assert value(samples, "chains_upstream_failures_total", model="fault", upstream=FAULT_UPSTREAM, kind="rate_limited") == 3
     # Bounded labels: no run id, no message text anywhere in the exposition.
     labels = {v for (_, pairs) in samples for _, v in pairs}
     assert not any(MESSAGE in label for label in labels)

@@ -12,38 +12,21 @@ from chains.models.base import ModelClient, ModelPlaces, Reservation, admitted
 from tests.support.asgi import Inner, call, scope
 
 
-class Queue:
-    """An AdmissionQueue over the real ledger, without a model."""
-
-    def __init__(self, queue_size: int, per_client: int = 8) -> None:
-        self.places = ModelPlaces(queue_size, per_client)
-
-    @property
-    def pending(self) -> int:
-        return self.places.pending
-
-    def free_places(self) -> int:
-        return self.places.free()
-
-    def reserve(self, client: ModelClient | None, runs: int = 1) -> Reservation:
-        return self.places.reserve(client, runs)
-
-
 async def test_model_requests_are_refused_when_the_queue_has_no_room() -> None:
-    queue = Queue(queue_size=0)
+    queue = ModelPlaces(1, per_client=8)
     middleware = ModelAdmission(Inner(), queue)
-    queue.places.take(ModelClient("10.9.9.9"))  # someone else holds the one place
+    queue.take(ModelClient("10.9.9.9"))  # someone else holds the one place
     full = await call(middleware, scope(path="/conversation/stream"))
     assert full.status == 503 and full.headers["retry-after"] == "1"
     assert full.json() == {"error": "the local model is busy: its wait queue is full", "type": "overloaded"}
     assert (await call(middleware, scope(method="GET", path="/health"))).status == 200
     assert (await call(middleware, scope(method="OPTIONS"))).status == 200
-    queue.places.give_back(("a:10.9.9.9",))
+    queue.give_back(("a:10.9.9.9",))
     assert (await call(middleware, scope())).status == 200
 
 
 async def test_a_batch_needs_a_place_for_each_input() -> None:
-    queue = Queue(queue_size=1)  # two places
+    queue = ModelPlaces(2, per_client=8)  # two places
     middleware = ModelAdmission(Inner(), queue)
     refused = await call(middleware, scope(path="/single-turn/batch", **{MODEL_RUNS: 3}))
     assert refused.status == 503
@@ -53,10 +36,10 @@ async def test_a_batch_needs_a_place_for_each_input() -> None:
 async def test_one_client_cannot_take_all_the_places() -> None:
     """The hole: runs that outlive their connection took every place of the local model for one address. A
     client holds at most LOCAL_QUEUE_PER_CLIENT, and never all of them: the others are still served."""
-    queue = Queue(queue_size=4, per_client=8)  # 5 places; the share is capped at 4
+    queue = ModelPlaces(5, per_client=8)  # 5 places; the share is capped at 4
     middleware = ModelAdmission(Inner(), queue)
     for _ in range(4):
-        queue.places.take(ModelClient("127.0.0.9", "key-a"))
+        queue.take(ModelClient("127.0.0.9", "key-a"))
     mine = await call(middleware, scope(client="127.0.0.9"))
     assert mine.status == 429 and mine.headers["retry-after"] == "1"
     assert mine.json() == {"type": "too_many_runs", "error": (
@@ -67,7 +50,7 @@ async def test_one_client_cannot_take_all_the_places() -> None:
     assert (await call(middleware, scope(client="127.0.0.10", **{API_KEY_ID: "key-b"}))).status == 200
     batch = await call(middleware, scope(path="/single-turn/batch", client="127.0.0.11", **{MODEL_RUNS: 1 + 4}))
     assert batch.status == 503  # more than are free: the model's, not the share's, refusal
-    batch = await call(ModelAdmission(Inner(), Queue(queue_size=4, per_client=2)),
+    batch = await call(ModelAdmission(Inner(), ModelPlaces(5, per_client=2)),
                        scope(path="/single-turn/batch", **{MODEL_RUNS: 3}))
     assert batch.status == 429 and batch.json()["error"].startswith(
         "a batch of 3 inputs needs 3 places: this client address holds 0 of the local model's 5 places")
@@ -76,7 +59,7 @@ async def test_one_client_cannot_take_all_the_places() -> None:
 async def test_an_admitted_request_holds_its_places_until_its_generations_claim_them() -> None:
     """The check and the place are one step: requests arriving together cannot all pass before any generation
     starts. What the request's generations do not claim goes back when it ends."""
-    queue = Queue(queue_size=2)
+    queue = ModelPlaces(3, per_client=8)
     seen: list[Reservation | None] = []
 
     async def route(scope: object, receive: object, send: object) -> None:
@@ -89,12 +72,12 @@ async def test_an_admitted_request_holds_its_places_until_its_generations_claim_
     await call(ModelAdmission(route, queue), scope(client="10.1.2.3", **{API_KEY_ID: "key-z"}))  # type: ignore[arg-type]
     assert seen[0] is not None and seen[0].client == ModelClient("10.1.2.3", "key-z")
     assert admitted.get() is None and queue.pending == 1  # claimed: the generation gives it back when it ends
-    queue.places.give_back(seen[0].slots)
-    assert queue.pending == 0 and not queue.places.held
+    queue.give_back(seen[0].slots)
+    assert queue.pending == 0 and not queue.held
 
 
 async def test_unclaimed_places_go_back_at_once_after_a_refusal_and_soon_after_a_stream(monkeypatch: object) -> None:
-    queue = Queue(queue_size=2)
+    queue = ModelPlaces(3, per_client=8)
 
     async def refused(scope: object, receive: object, send: object) -> None:
         await send({"type": "http.response.start", "status": 422, "headers": []})  # type: ignore[operator]
@@ -106,11 +89,11 @@ async def test_unclaimed_places_go_back_at_once_after_a_refusal_and_soon_after_a
     await call(ModelAdmission(Inner(), queue), scope())  # a 200 whose run never reached the model
     assert queue.pending == 1
     await asyncio.sleep(0.1)
-    assert queue.pending == 0 and not queue.places.held
+    assert queue.pending == 0 and not queue.held
 
 
 def test_the_ledger_gives_every_place_back() -> None:
-    places = ModelPlaces(queue_size=2, per_client=2)
+    places = ModelPlaces(places=3, per_client=2)
     assert places.share == 2
     held = [places.take(ModelClient("a", "k")), places.take(ModelClient("b"))]
     batch = places.reserve(None, 1)
@@ -121,4 +104,4 @@ def test_the_ledger_gives_every_place_back() -> None:
     for slots in held:
         places.give_back(slots)
     assert places.pending == 0 and not places.held
-    assert ModelPlaces(queue_size=0, per_client=8).share == 1  # one place: whoever comes first may have it
+    assert ModelPlaces(places=1, per_client=8).share == 1  # one place: whoever comes first may have it

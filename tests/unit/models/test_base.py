@@ -11,7 +11,15 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from pydantic import Field
 
-from chains.models.base import StreamedChatModel, StreamEnd, TextStream, admission_queue, closing, final_chunk
+from chains.models.base import (
+    ModelPlaces,
+    StreamedChatModel,
+    StreamEnd,
+    TextStream,
+    admission_queue,
+    closing,
+    final_chunk,
+)
 
 
 class Scripted(StreamedChatModel):
@@ -90,17 +98,12 @@ def test_the_last_chunk_carries_the_usage_and_the_model_name() -> None:
     assert chunk.message.response_metadata == {"finish_reason": "stop", "model_name": "m"}
 
 
-def test_only_a_model_with_a_queue_has_admission() -> None:
+def test_only_a_model_with_places_has_admission() -> None:
+    ledger = ModelPlaces(3)
+
     class Queued(Scripted):
         @property
-        def pending(self) -> int:
-            return 3
+        def places(self) -> ModelPlaces:
+            return ledger
 
-        def free_places(self) -> int:
-            return 1
-
-        def reserve(self, client: object, runs: int = 1) -> None:
-            return None
-
-    queued = Queued()
-    assert admission_queue(queued) is queued and admission_queue(Scripted()) is None
+    assert admission_queue(Queued()) is ledger and admission_queue(Scripted()) is None

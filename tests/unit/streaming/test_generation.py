@@ -8,7 +8,7 @@ import asyncio
 import time
 
 from chains.api.chat.protocol import JsonEvents
-from chains.models.fake import ScriptedChatModel, scripted_tokens
+from chains.models.fake import ScriptedChatModel, scripted_reasoning, scripted_tokens
 from chains.runnables.chat import single_turn_chain
 from chains.streaming.events import ErrorEvent
 from chains.streaming.generation import Generation, LiveStreams, StreamOptions, generate
@@ -286,3 +286,66 @@ async def test_live_streams_count_what_is_in_flight_and_end_all_with_the_reason_
         await until_finished(generation)
         assert generation.failure == ErrorEvent(error="maintenance", type="overloaded")
     assert len(live) == 0 and not live.shutting_down  # end_all is not the shutdown
+
+
+# --- a model that reasons aloud before its answer -----------------------------------------------------------------
+
+async def test_reasoning_pieces_are_their_own_events_before_the_answer_in_one_sequence_of_ids() -> None:
+    events = await stream(StreamOptions(), reasoning_tokens=5, reply_tokens=4)
+    assert [e.event for e in events] == ["start", *["reasoning"] * 5, *["message"] * 4, "done"]
+    reasoning = [e.json() for e in events if e.event == "reasoning"]
+    assert [r["token"] for r in reasoning] == scripted_reasoning(5)
+    assert [r["token_count"] for r in reasoning] == [1, 2, 3, 4, 5]  # reasoning pieces counted apart
+    assert [e.json()["token_count"] for e in events if e.event == "message"] == [1, 2, 3, 4]
+    assert [int((e.id or "").split(":")[1]) for e in events] == list(range(11))  # one sequence: a resume replays all
+    done = events[-1].json()
+    assert done["full_reasoning"] == "".join(scripted_reasoning(5))
+    assert done["full_response"] == "".join(scripted_tokens(4)) and done["token_count"] == 4
+    assert done["usage"]["completion_tokens"] == 9
+    assert done["usage"]["completion_tokens_details"] == {"reasoning_tokens": 5}
+
+
+async def test_a_reply_without_reasoning_has_an_empty_full_reasoning_and_no_reasoning_details() -> None:
+    done = (await stream(StreamOptions(), reply_tokens=3))[-1].json()
+    assert done["full_reasoning"] == "" and done["usage"]["completion_tokens_details"] is None
+
+
+async def test_buffering_never_mixes_reasoning_into_the_answers_groups() -> None:
+    events = await stream(StreamOptions(buffer_size=3, flush_ms=None), reasoning_tokens=4, reply_tokens=5)
+    assert [e.event for e in events] == ["start", *["reasoning"] * 4, "message", "message", "done"]
+    assert tokens_of(events) == ["".join(scripted_tokens(5)[:3]), "".join(scripted_tokens(5)[3:])]
+
+
+async def test_reasoning_pieces_count_as_activity_for_the_idle_timeout_but_not_past_the_whole_timeout() -> None:
+    # 8 pieces of reasoning 60 ms apart: 420 ms of thinking, never 200 ms of silence.
+    thinking = await stream(StreamOptions(idle_timeout=0.2), reasoning_tokens=8, reply_tokens=2, token_delay_ms=60)
+    assert thinking[-1].event == "done" and thinking[-1].json()["full_reasoning"] == "".join(scripted_reasoning(8))
+    bounded = await stream(StreamOptions(timeout=0.2), reasoning_tokens=8, reply_tokens=2, token_delay_ms=60)
+    assert bounded[-1].event == "error" and bounded[-1].json()["type"] == "timeout"
+    assert not tokens_of(bounded)  # it timed out while still thinking
+
+
+async def test_the_first_reasoning_piece_is_the_first_output_and_the_record_times_both() -> None:
+    records: list[StreamRecord] = []
+
+    class Recorder:
+        def stream_started(self, labels: StreamLabels) -> object:
+            return None
+
+        def first_token(self, handle: object) -> None:
+            pass
+
+        def stream_ended(self, handle: object, record: StreamRecord) -> None:
+            records.append(record)
+
+    chain = single_turn_chain(ScriptedChatModel(reasoning_tokens=3, reply_tokens=2, token_delay_ms=20))
+    run = Run(new_run_id(), None, "cancel", max_events=100)
+    listener = Listener(run)
+    generation = generate(run, chain, "hi", StreamOptions(), JsonEvents(), observer=Recorder())
+    assert await generation.first_token() is None
+    assert generation.first_output_at is not None and generation.first_token_at is None  # still thinking
+    _ = [chunk async for chunk in listener]
+    [record] = records
+    assert record.reasoning_events == 3 and record.token_events == 2 and record.reasoning_tokens == 3
+    assert record.time_to_first_reasoning is not None and record.time_to_first_answer is not None
+    assert record.time_to_first_token == record.time_to_first_reasoning < record.time_to_first_answer

@@ -44,3 +44,10 @@ def test_raw_text_sends_each_line_as_a_data_line_so_newlines_survive() -> None:
     assert parse_sse(RAW.done(b"r:5", cancelled).decode())[0].data == "Cancelled"
     (error,) = parse_sse(RAW.error(b"r:6", ErrorEvent(error="bad\nthing", type="internal_error")).decode())
     assert (error.event, error.data) == ("error", "bad\nthing")
+
+
+def test_reasoning_is_an_event_of_its_own_in_both_encodings() -> None:
+    assert JSON.reasoning(b"r:3", "think\n<b>", 2) == (
+        b'id: r:3\nevent: reasoning\ndata: {"token":"think\\n<b>","token_count":2}\n\n')
+    # Raw text: a client joining the unnamed events' data lines gets the answer alone.
+    assert RAW.reasoning(b"r:3", "one\ntwo", 2) == b"id: r:3\nevent: reasoning\ndata: one\ndata: two\n\n"

@@ -102,9 +102,23 @@ def refused_field(**fields: Any) -> tuple[str, str]:
 def test_fields_are_accepted_at_the_value_that_asks_for_nothing() -> None:
     accepted = request(n=1, top_p=1, presence_penalty=0, frequency_penalty=0, logprobs=False, top_logprobs=0,
                        logit_bias={}, tools=[], tool_choice="none", parallel_tool_calls=False,
-                       response_format={"type": "text"}, modalities=["text"], store=False, user="u",
+                       response_format={"type": "text"}, modalities=["text"], store=False, user="u", stream=True,
                        stream_options={"include_usage": True, "include_obfuscation": False})
     assert accepted.n == 1 and accepted.stream_options is not None and accepted.stream_options.include_usage
+
+
+def test_fields_that_change_nothing_in_the_reply_are_accepted_and_reasoning_effort_is_kept() -> None:
+    accepted = request(metadata={"team": "a"}, service_tier="auto", user="u", prompt_cache_key="k",
+                       safety_identifier="s", verbosity="low", reasoning_effort="low")
+    assert accepted.reasoning_effort == "low"
+    assert refused_field(reasoning_effort="extreme")[0] == "reasoning_effort"
+    assert refused_field(verbosity="loud")[0] == "verbosity"
+
+
+def test_stream_options_without_a_stream_are_refused_as_openai_refuses_them() -> None:
+    param, message = refused_field(stream_options={"include_usage": True})
+    assert param == "stream_options" and "only allowed when 'stream' is enabled" in message
+    assert refused_field(stream=False, stream_options={"include_usage": True})[0] == "stream_options"
 
 
 @pytest.mark.parametrize(("fields", "param"), [
@@ -113,7 +127,7 @@ def test_fields_are_accepted_at_the_value_that_asks_for_nothing() -> None:
     ({"response_format": {"type": "json_schema"}}, "response_format"), ({"modalities": ["audio"]}, "modalities"),
     ({"store": True}, "store"), ({"presence_penalty": 1}, "presence_penalty"), ({"temperature": -1}, "temperature"),
     ({"max_completion_tokens": 0}, "max_completion_tokens"), ({"stop": ["1", "2", "3", "4", "5"]}, "stop"),
-    ({"stream_options": {"include_usage": True, "x": 1}}, "stream_options.x"), ({"audio": {}}, "audio"),
+    ({"stream": True, "stream_options": {"include_usage": True, "x": 1}}, "stream_options.x"), ({"audio": {}}, "audio"),
     ({"messages": []}, "messages"), ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
     ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
     ({"messages": [{"role": "user", "content": "x", "tool_calls": []}]}, "messages[0].tool_calls"),

@@ -19,7 +19,7 @@ from chains.api.openai.protocol import ChatCompletionRequest
 from chains.api.openai.serving import InvalidRequest, OpenAIServing, chain_input
 from chains.api.runs.serving import RunServing
 from chains.common.settings import load_settings
-from chains.models.fake import ScriptedChatModel, scripted_tokens
+from chains.models.fake import ScriptedChatModel, scripted_reasoning, scripted_tokens
 from chains.runnables.chat import ConversationInput, SystemPromptInput, build_chains
 from chains.streaming.store import MemoryRunStore, RunLimits
 from tests.support.asgi import Client, call, scope
@@ -130,7 +130,8 @@ async def test_a_completion_is_the_whole_reply_with_its_usage_and_run() -> None:
     completion = answer.json()
     assert (completion["object"], completion["model"]) == ("chat.completion", "conversation")
     [choice] = completion["choices"]
-    assert choice["message"] == {"role": "assistant", "content": "".join(scripted_tokens(20)), "refusal": None}
+    assert choice["message"] == {"role": "assistant", "content": "".join(scripted_tokens(20)), "refusal": None,
+                                 "reasoning_content": None}
     assert choice["finish_reason"] == "stop"
     usage = completion["usage"]
     assert usage["completion_tokens"] == 20 and usage["total_tokens"] == usage["prompt_tokens"] + 20
@@ -297,3 +298,40 @@ async def test_the_stream_replays_the_run_from_its_start_once_the_first_token_is
     lines = data_of(answer.body)
     assert [json.loads(line)["choices"][0]["delta"].get("content") for line in lines[1:5]] == scripted_tokens(4)
     assert lines[-1] == "[DONE]"
+
+
+# --- a model that reasons aloud ----------------------------------------------------------------------------------
+
+async def test_reasoning_is_streamed_as_reasoning_content_deltas_and_is_the_completions_reasoning_content() -> None:
+    async with client(fake_reasoning_tokens=4, fake_reply_tokens=3) as http:
+        streamed = await http.post("/v1/chat/completions", json={
+            **BODY, "stream": True, "stream_options": {"include_usage": True}})
+        completed = await http.post("/v1/chat/completions", json=BODY)
+    chunks = [json.loads(data) for data in data_of(streamed.content) if data != "[DONE]"]
+    deltas = [chunk["choices"][0]["delta"] for chunk in chunks if chunk["choices"]]
+    assert [d["reasoning_content"] for d in deltas if "reasoning_content" in d] == scripted_reasoning(4)
+    assert [d["content"] for d in deltas if d.get("content")] == scripted_tokens(3)
+    assert deltas.index({"content": scripted_tokens(3)[0]}) > deltas.index({"reasoning_content": "Let"})
+    assert chunks[-1]["usage"]["completion_tokens_details"] == {"reasoning_tokens": 4}
+    message = completed.json()["choices"][0]["message"]
+    assert message["reasoning_content"] == "".join(scripted_reasoning(4))
+    assert message["content"] == "".join(scripted_tokens(3))
+    assert completed.json()["usage"]["completion_tokens_details"] == {"reasoning_tokens": 4}
+
+
+async def test_reasoning_effort_is_refused_by_a_provider_that_cannot_honour_it() -> None:
+    async with client() as http:
+        refused = await http.post("/v1/chat/completions", json={**BODY, "reasoning_effort": "low"})
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["param"] == "reasoning_effort" and "fake provider" in error["message"]
+
+
+async def test_fields_that_change_nothing_are_accepted_by_the_endpoint() -> None:
+    async with client() as http:
+        answer = await http.post("/v1/chat/completions", json={
+            **BODY, "metadata": {"a": "b"}, "service_tier": "auto", "user": "u", "prompt_cache_key": "k",
+            "safety_identifier": "s", "verbosity": "low"})
+        refused = await http.post("/v1/chat/completions", json={**BODY, "stream_options": {"include_usage": True}})
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"]
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "stream_options"
