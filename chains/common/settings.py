@@ -238,7 +238,7 @@ class Settings(BaseSettings):
                 raise ConfigError(f"OPENAI_BASE_URL: element {i + 1} of the list is empty (got "
                                   f"{self.openai_base_url!r}); give comma-separated URLs")
             if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", url):
-                shown = re.sub(r"//[^/@]*@", "//…@", url[:200])  # never credentials in the URL
+                shown = re.sub(r"^([^/]*//)?[^/@]*@", r"\1…@", url[:200])  # never credentials in the URL
                 raise ConfigError(f"OPENAI_BASE_URL: {shown!r} is not an http:// or https:// URL")
         if len(set(urls)) != len(urls):
             raise ConfigError("OPENAI_BASE_URL: the same URL is listed twice")

@@ -193,7 +193,7 @@ class ChatChain(Runnable[Any, str]):
             return
         async with aclosing(self.astream_text(input, config)) as items:
             async for item in items:
-                if type(item) is str:  # the answer's text: not its reasoning, not its end
+                if not isinstance(item, (StreamEnd, Reasoning)):  # the answer's text: not its reasoning, not its end
                     yield item
 
     def astream_text(self, input: Any, config: RunnableConfig | None = None) -> TextStream:
@@ -252,8 +252,9 @@ async def _text_of_chunks(chunks: AsyncIterator[AIMessageChunk]) -> TextStream:
             reasoning = chunk.additional_kwargs.get("reasoning_content") if chunk.additional_kwargs else None
             if reasoning and isinstance(reasoning, str):
                 yield Reasoning(reasoning)
-            if chunk.content:
-                yield chunk.text
+            content = chunk.content
+            if content:
+                yield content if content.__class__ is str else str(chunk.text)  # a plain str: the answer's text
             if chunk.usage_metadata:
                 usage = chunk.usage_metadata
             if chunk.response_metadata:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from chains.common.errors import describe_failure
-from chains.models.base import StreamEnd, TextStream, UsageMeter, usage_meter
+from chains.models.base import Reasoning, StreamEnd, TextStream, UsageMeter, usage_meter
 from chains.runnables.chat import ChatChain
 from chains.streaming.events import CompletionTokensDetails, DoneEvent, ErrorEvent, EventFormat, StartEvent, Usage
 from chains.streaming.record import StreamLabels, StreamObserver, StreamRecord
@@ -209,13 +209,15 @@ class Generation:
         event_id, seq, count = run.event_id, self.seq, self.token_count
         try:
             async for text in items:
-                if text.__class__ is not str:  # the end, or a reasoning piece: one type check on the hot path
+                if text.__class__ is not str:  # the end, a reasoning piece: one type check on the hot path
                     if isinstance(text, StreamEnd):
                         self._note_end(text)
-                    else:
+                        continue
+                    if isinstance(text, Reasoning):
                         seq += 1
                         self._send_reasoning(event_id(seq), text)
-                    continue
+                        continue
+                    text = str(text)  # another `str` subclass (LangChain's TextAccessor) is the answer's text
                 texts.append(text)
                 seq += 1
                 count += 1
@@ -230,10 +232,12 @@ class Generation:
             if text.__class__ is not str:
                 if isinstance(text, StreamEnd):
                     self._note_end(text)
-                else:  # reasoning is not buffered with the answer: what was buffered goes first
+                    continue
+                if isinstance(text, Reasoning):  # not buffered with the answer: what was buffered goes first
                     self._flush()
                     self._send_reasoning(self._next_id(), text)
-                continue
+                    continue
+                text = str(text)
             pending.append(text)
             self._token_time()
             if len(pending) >= buffer_size:

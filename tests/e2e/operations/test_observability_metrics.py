@@ -61,7 +61,8 @@ def observed(request: pytest.FixtureRequest, fault_upstream: LiveServer) -> Iter
 
 
 def drive(server: LiveServer, upstream: LiveServer) -> dict[str, Any]:
-    driven: dict[str, Any] = {"cancel_statuses": Counter()}
+    # The upstream as metrics label it: its URL (chains.models.upstreams.upstream_label).
+    driven: dict[str, Any] = {"cancel_statuses": Counter(), "upstream": upstream.url + "/v1"}
     for _ in range(DONE_STREAMS):
         script(upstream, ["ok"])
         _, events = stream(server, {"message": MESSAGE})
@@ -100,8 +101,9 @@ def test_every_counter_and_histogram_count_equals_the_traffic_driven(observed) -
     assert value(samples, "gen_ai_server_time_to_first_token_seconds_count", **STREAM) == with_tokens
     assert value(samples, "gen_ai_server_time_per_output_token_seconds_count", **STREAM) == with_tokens
     assert value(samples, "chains_stream_longest_gap_seconds_count", **STREAM) == with_tokens
-    # ChatOpenAI asks a custom base URL for no usage: nothing is counted that was not reported (see the next test).
-    assert value(samples, "gen_ai_client_token_usage_count", **STREAM, token_type="output") == 0
+    # Every upstream is asked for usage: the completed streams report it; the stopped ones (timeout, cancel) and the
+    # 429 never got to the usage chunk, and nothing is counted that was not reported.
+    assert value(samples, "gen_ai_client_token_usage_count", **STREAM, token_type="output") == DONE_STREAMS
     assert value(samples, "chains_streams_open", **STREAM) == 0
     assert value(samples, "chains_http_requests_total", route="/chat", method="POST", status="200",
                  error_type="") == streams
@@ -112,8 +114,12 @@ def test_every_counter_and_histogram_count_equals_the_traffic_driven(observed) -
                  error_type="") == 1
     assert value(samples, "chains_http_requests_total", route=cancel_route, method="POST", status="404",
                  error_type="not_found") == driven["cancel_statuses"][404]
-    assert value(samples, "chains_upstream_retries_total", model="fault", upstream=FAULT_UPSTREAM) == 2
-    assert value(samples, "chains_upstream_failures_total", model="fault", upstream=FAULT_UPSTREAM, kind="rate_limited") == 3
+    assert value(samples, "chains_upstream_retries_total", model="fault", upstream=driven["upstream"]) == 2
+    assert value(samples, "chains_upstream_failures_total", model="fault", upstream=driven["upstream"],
+                 kind="rate_limited") == 3
+    upstream = {"model": "fault", "upstream": driven["upstream"]}
+    assert value(samples, "chains_upstream_answers_total", **upstream) == with_tokens  # its first chunk came
+    assert value(samples, "chains_upstream_failovers_total", **upstream) == 1  # the 429: the only upstream failed
     # Bounded labels: no run id, no message text anywhere in the exposition.
     labels = {v for (_, pairs) in samples for _, v in pairs}
     assert not any(MESSAGE in label for label in labels)
