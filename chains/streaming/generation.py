@@ -217,7 +217,7 @@ class Generation:
                         seq += 1
                         self._send_reasoning(event_id(seq), text)
                         continue
-                    text = str(text)  # another `str` subclass (LangChain's TextAccessor) is the answer's text
+                    text = str(text)  # noqa: PLW2901 - another str subclass (LangChain's TextAccessor): answer text
                 texts.append(text)
                 seq += 1
                 count += 1
@@ -237,7 +237,7 @@ class Generation:
                     self._flush()
                     self._send_reasoning(self._next_id(), text)
                     continue
-                text = str(text)
+                text = str(text)  # noqa: PLW2901 - as in _send_each
             pending.append(text)
             self._token_time()
             if len(pending) >= buffer_size:

@@ -1,8 +1,8 @@
 // The plain typewriter chat: no framework, no build. The chat's state and behaviour are shared with the React and
 // Vue pages (../shared/chat.js, served at /playground/shared/); this file only renders the state into the DOM.
 import {
-  ChatState, EMPTY_TEXT, RECONNECTING_TEXT, autosize, connectChat, errorText, formatStats, fromKeyboard, navHtml,
-  refocus, stoppedText,
+  ChatState, EMPTY_TEXT, RECONNECTING_TEXT, answerStreaming, autosize, connectChat, errorText, formatStats,
+  fromKeyboard, isThinking, navHtml, reasoningLabel, reasoningOpen, refocus, stoppedText,
 } from '/playground/shared/chat.js';
 import { renderMarkdown } from '/playground/shared/markdown.js';
 
@@ -41,9 +41,33 @@ function addMessage(message) {
   body.append(text);
   el.append(who, body);
   list.append(el);
-  const entry = { el, text };
+  const entry = { el, body, text };
   shown.set(message.id, entry);
   return entry;
+}
+
+/** The reply's thinking block (chat.js says when it is open and what it says), made when its first piece comes. */
+function updateReasoning(entry, message) {
+  if (!message.reasoning) return;
+  if (!entry.reasoning) {
+    const details = element('details', 'reasoning', { 'data-testid': 'reasoning' });
+    const summary = element('summary', '', { 'data-testid': 'reasoning-summary' });
+    // The state decides whether it is open: the browser's own toggle would be undone by the next render.
+    summary.addEventListener('click', (event) => {
+      event.preventDefault();
+      chat.toggleReasoning(message.id);
+    });
+    const text = element('div', 'text markdown', { 'data-testid': 'reasoning-text', 'aria-live': 'off' });
+    details.append(summary, text);
+    entry.el.insertBefore(details, entry.body);
+    entry.reasoning = { details, summary, text, html: null };
+  }
+  const { details, summary, text } = entry.reasoning;
+  details.open = reasoningOpen(message);
+  const label = reasoningLabel(message);
+  if (summary.textContent !== label) summary.textContent = label;
+  const html = renderMarkdown(message.reasoning, { streaming: isThinking(message) });
+  if (entry.reasoning.html !== html) text.innerHTML = entry.reasoning.html = html;
 }
 
 /** Brings a message's element in line with its state (text and cursor, reconnecting, stats, error, stopped note). */
@@ -52,8 +76,9 @@ function update(entry, message) {
   entry.message = message;
   el.dataset.status = message.status;
   if (message.role === 'assistant') {
+    updateReasoning(entry, message);
     // Sanitized markdown (markdown.js), with the cursor at the end of the text while it streams.
-    const html = renderMarkdown(message.content, { streaming: message.status === 'streaming' });
+    const html = renderMarkdown(message.content, { streaming: answerStreaming(message) });
     if (entry.html !== html) text.innerHTML = entry.html = html;
   } else if (text.textContent !== message.content) {
     text.textContent = message.content; // exact text: white-space: pre-wrap

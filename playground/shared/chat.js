@@ -24,9 +24,14 @@ export function conversationFor(messages, text) {
  * What a stream's outcome (sse-client.js) makes of an exchange, as changes to its two messages: the reply's status
  * and its stats or error; and whether the exchange stays in the history sent with later messages — a failed one
  * is not sent again, a stopped one is, with its partial reply (what the model said), unless nothing came at all.
+ * The thinking (`reasoningText`) is never sent back, and a reply that was all thinking counts as nothing; it is
+ * only checked against `done`'s `full_reasoning`, as the answer is against `full_response`.
  */
-export function settle(outcome, replyText) {
+export function settle(outcome, replyText, reasoningText = '') {
   if (outcome.done && replyText !== outcome.done.full_response) console.warn('streamed text differs from full_response');
+  if (outcome.done && typeof outcome.done.full_reasoning === 'string' && reasoningText !== outcome.done.full_reasoning) {
+    console.warn('streamed reasoning differs from full_reasoning');
+  }
   if (outcome.status === 'done') return { reply: { status: 'done', stats: outcome.done }, user: null };
   const forget = (outcome.status === 'error' || !replyText) ? { inHistory: false } : null;
   // A stopped run's summary (the tokens it used until the stop) is shown like a finished one's.
@@ -68,8 +73,11 @@ let nextId = 1;
 
 /**
  * One chat: `state` is {messages, streaming, systemPrompt, ready}, where a message is
- * {id, role, content, status: done|streaming|stopped|error, reconnecting?, inHistory?, stats?, error?};
- * `reconnecting` is true while the reply's connection is down and the client is rejoining its run. Every change replaces
+ * {id, role, content, reasoning?, reasoningOpen?, status: done|streaming|stopped|error, reconnecting?, inHistory?,
+ * stats?, error?}; `reasoning` is the model's thinking (`event: reasoning`, shown apart from the answer and never
+ * sent back: `content` is the answer alone), `reasoningOpen` the reader's choice to open or close it (unset: the
+ * page's, see reasoningOpen below); `reconnecting` is true while the reply's connection is down and the client is
+ * rejoining its run. Every change replaces
  * `state` (and the messages it changes) rather than editing them, and tells the subscribers: React reads it with
  * useSyncExternalStore, Vue through a shallowRef, the plain page re-renders the messages whose object changed.
  */
@@ -124,7 +132,7 @@ export class ChatState {
     if (!this.canSend(text)) return false;
     const history = conversationFor(this.state.messages, text);
     const user = { id: nextId++, role: 'user', content: text, status: 'done' };
-    const reply = { id: nextId++, role: 'assistant', content: '', status: 'streaming' };
+    const reply = { id: nextId++, role: 'assistant', content: '', reasoning: '', status: 'streaming' };
     const before = this.state.messages; // kept with the run id: what a reload shows again
     const { systemPrompt } = this.state;
     this.#set({ messages: [...before, user, reply], streaming: true });
@@ -141,7 +149,8 @@ export class ChatState {
     if (!record || this.#controller) return false;
     const messages = record.messages.map((m) => ({ ...m, id: nextId++ }));
     const user = messages[messages.length - 1];
-    const reply = { id: nextId++, role: 'assistant', content: '', status: 'streaming', reconnecting: true };
+    const reply = { id: nextId++, role: 'assistant', content: '', reasoning: '', status: 'streaming',
+                    reconnecting: true };
     this.#set({ messages: [...messages, reply], streaming: true, systemPrompt: record.systemPrompt ?? '', ready: true });
     this.#follow(user, reply, { runId: record.runId });
     return true;
@@ -151,24 +160,33 @@ export class ChatState {
   async #follow(user, reply, request) {
     const controller = new AbortController();
     this.#controller = controller;
-    // The whole reply is rendered again on each update: tokens are handed on at most once a frame.
+    // The whole reply is rendered again on each update: tokens are handed on at most once a frame. The thinking
+    // comes first: what is left of it is handed on before the answer's first piece, which closes its block.
+    const thoughts = tokensPerFrame((more) => {
+      this.#set({ messages: this.#changed({ [reply.id]: { reasoning: (this.#find(reply).reasoning ?? '') + more } }) });
+    });
     const tokens = tokensPerFrame((more) => {
+      thoughts.flush();
       this.#set({ messages: this.#changed({ [reply.id]: { content: this.#find(reply).content + more } }) });
     });
     const outcome = await streamChat({
       ...request,
       signal: controller.signal,
       onToken: tokens.push,
+      onReasoning: thoughts.push,
       onConnection: (state) => {
+        thoughts.flush();
         tokens.flush();
         this.#set({ messages: this.#changed({ [reply.id]: { reconnecting: state === 'reconnecting' } }) });
       },
     });
+    thoughts.flush();
     tokens.flush();
     if (this.#controller === controller) this.#controller = null;
     if (outcome.status === 'detached') return; // the page is going away; its run waits for the next one
     forgetRun();
-    const changes = settle(outcome, this.#find(reply).content);
+    const { content, reasoning } = this.#find(reply);
+    const changes = settle(outcome, content, reasoning);
     changes.reply = { ...changes.reply, reconnecting: false };
     this.#set({ streaming: false, messages: this.#changed({ [user.id]: changes.user, [reply.id]: changes.reply }) });
   }
@@ -176,6 +194,13 @@ export class ChatState {
   #find(message) { // the message as it is now (or as it was, once "New chat" has removed it)
     return this.state.messages.find((m) => m.id === message.id) ?? message;
   }
+
+  /** The reader opens or closes a reply's thinking block (its summary clicked, or Enter/Space on it): from then on
+   * the block stays as they left it. */
+  toggleReasoning = (id) => {
+    const message = this.state.messages.find((m) => m.id === id);
+    if (message) this.#set({ messages: this.#changed({ [id]: { reasoningOpen: !reasoningOpen(message) } }) });
+  };
 
   /** Stop (button, Esc): the run is cancelled; the reply ends with what the model said until then. */
   stop = () => this.#controller?.abort();
@@ -198,7 +223,27 @@ export class ChatState {
 export const EMPTY_TEXT = 'Ask anything. The reply streams in token by token; earlier turns are sent with each '
   + 'message. Enter sends, Shift+Enter adds a line, Esc stops.';
 
-export const stoppedText = (message) => (message.content ? 'Stopped: partial reply' : 'Stopped before the first token');
+export const stoppedText = (message) => (message.content ? 'Stopped: partial reply'
+  : message.reasoning ? 'Stopped while thinking' : 'Stopped before the first token');
+
+/**
+ * The model's thinking, shown above its answer in a <details> block, when the reply has any (`reasoning`):
+ * - while it streams and no answer has come yet (`isThinking`), the block is open, says THINKING_TEXT, and the
+ *   typing cursor is in it (not in the empty answer below);
+ * - the answer's first token closes it ("Thought"); the reader can open it again, and close it, at any time
+ *   (`ChatState.toggleReasoning`: the page's summary click is prevented, so the state alone says whether it is open);
+ * - a reply that ended with thinking and no answer (stopped, failed) keeps it open: it is all there is.
+ * It is rendered as the answer is (markdown.js: sanitized, raw HTML shown as text). It is not announced as it
+ * grows (aria-live="off" inside the log): the reader hears "Thinking…", then the answer, and can open the block.
+ */
+export const THINKING_TEXT = 'Thinking…';
+export const THOUGHT_TEXT = 'Thought';
+export const isThinking = (message) => message.status === 'streaming' && !!message.reasoning && !message.content;
+export const reasoningOpen = (message) => message.reasoningOpen ?? !message.content;
+export const reasoningLabel = (message) => (isThinking(message) ? THINKING_TEXT : THOUGHT_TEXT);
+/** Whether the answer is shown as streaming (settled markdown, the cursor at its end): not while the cursor is in
+ * the thinking block. */
+export const answerStreaming = (message) => message.status === 'streaming' && !isThinking(message);
 
 /** Shown while a reply's connection is down and the page is rejoining its run (and only then). */
 export const RECONNECTING_TEXT = 'Connection lost: reconnecting…';

@@ -119,6 +119,8 @@ function runOutcome(outcome) {
  * follow the run across dropped connections.
  *   onRun(runId)               — the run's id is known: keep it to re-attach after a reload
  *   onStart(start), onToken(token, tokenCount) — as events arrive (a replay begins again with `start`)
+ *   onReasoning(token, tokenCount) — a piece of the model's thinking (`event: reasoning`), which comes before the
+ *                                answer's tokens; its count is its own, from 1
  *   onConnection(state)        — 'reconnecting': the connection dropped and the client is rejoining the run (or is
  *                                re-attaching to `runId`); 'connected': it is following the run again
  *   signal                     — abort() is Stop; abort(DETACH) closes the connection and leaves the run going
@@ -135,7 +137,7 @@ function runOutcome(outcome) {
  * cancelled: the connection is closed whatever happened, and nothing reconnects.
  */
 export async function streamChat({
-  url = '/chat', body, runId = null, signal, onRun, onStart, onToken, onConnection,
+  url = '/chat', body, runId = null, signal, onRun, onStart, onToken, onReasoning, onConnection,
   graceSeconds = RUN_GRACE_SECONDS, rejoinDelays = REJOIN_DELAYS_MS,
 }) {
   const run = { id: runId, lastEventId: null }; // lastEventId: of the last event handled, where a rejoin goes on
@@ -232,6 +234,7 @@ export async function streamChat({
       }
       progressed = true;
       if (event === 'message') onToken?.(payload.token, payload.token_count);
+      else if (event === 'reasoning') onReasoning?.(payload.token, payload.token_count);
       else if (event === 'start') {
         runKnown(payload.run_id);
         onStart?.(payload);

@@ -1,7 +1,9 @@
 """A fault-injecting OpenAI-compatible upstream for the reliability tests, served by uvicorn on 127.0.0.1.
 
 Each `/v1/chat/completions` request takes the next fault from a script (`POST /_script {"faults": [...]}`;
-`ok` once the script is empty) and is logged with when its client went away (`GET /_log`).
+`ok` once the script is empty) and is logged (`GET /_log`): its fault, when it started and when its client went
+away, the tokens sent, whether it streamed and asked for usage, and how many requests were open here when it
+arrived, itself included (`in_flight`: what a capped caller must keep at or below its cap).
 """
 
 from __future__ import annotations
@@ -21,10 +23,19 @@ from tests.support.openai_upstream import DONE, error, models_route, usage_chunk
 
 MODEL = "fault"
 TOKENS = ["Hello", ",", " I", " am", " a", " scripted", " upstream", ".", "\n", "你好"]
-FAULTS = ("ok", "slow", "500", "429", "401", "hang", "stall", "drop", "malformed")
+FAULTS = ("ok", "slow", "500", "503", "429", "401", "hang", "stall", "drop", "malformed")
+
+# fault → the error it answers at once: (status, message, OpenAI's error code)
+ERRORS: dict[str, tuple[int, str, str]] = {
+    "500": (500, "internal failure upstream", "server_error"),
+    "503": (503, "the upstream is overloaded", "service_unavailable"),
+    "429": (429, "Rate limit reached", "rate_limit_exceeded"),
+    "401": (401, "Incorrect API key provided: sk-test****", "invalid_api_key"),
+}
 
 script: list[str] = []
 log: list[dict[str, Any]] = []
+open_requests = 0  # requests whose answer is not over yet (a stream: until its generator ends)
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -37,26 +48,32 @@ async def until_disconnected(request: Request) -> None:
 
 
 async def completions(request: Request) -> Response:
+    global open_requests
     body = await request.json()
     fault = script.pop(0) if script else "ok"
+    open_requests += 1
     entry: dict[str, Any] = {"fault": fault, "started": time.time(), "closed": None, "tokens": 0,
                              "stream": bool(body.get("stream")),
+                             "include_usage": bool((body.get("stream_options") or {}).get("include_usage")),
+                             "in_flight": open_requests,
                              "traceparent": request.headers.get("traceparent")}  # the caller's trace, if any
     log.append(entry)
     fast = {"retry-after-ms": "10"}  # the OpenAI client honours it: retries stay quick in tests
-    match fault:
-        case "500":
-            return error(500, "internal failure upstream", "server_error", fast)
-        case "429":
-            return error(429, "Rate limit reached", "rate_limit_exceeded", {"Retry-After": "1", **fast})
-        case "401":
-            return error(401, "Incorrect API key provided: sk-test****", "invalid_api_key")
-        case "hang":
+    if fault in ERRORS:
+        open_requests -= 1
+        status, message, code = ERRORS[fault]
+        headers = {"Retry-After": "1", **fast} if status == 429 else fast if status >= 500 else None
+        return error(status, message, code, headers)
+    if fault == "hang":
+        try:
             await until_disconnected(request)
-            entry["closed"] = time.time()
-            return Response(status_code=499)
+        finally:
+            open_requests -= 1
+        entry["closed"] = time.time()
+        return Response(status_code=499)
 
     async def events() -> AsyncIterator[bytes]:
+        global open_requests
         try:
             yield chunk({"role": "assistant", "content": ""})
             count = 400 if fault == "slow" else len(TOKENS)
@@ -77,6 +94,7 @@ async def completions(request: Request) -> Response:
             yield DONE
         finally:
             entry["closed"] = time.time()
+            open_requests -= 1
 
     return StreamingResponse(events(), media_type="text/event-stream")
 

@@ -5,25 +5,39 @@
  */
 import { memo, useEffect, useLayoutEffect, useMemo, useRef, useState, useSyncExternalStore } from 'react';
 import {
-  ChatState, EMPTY_TEXT, RECONNECTING_TEXT, autosize, connectChat, errorText, formatStats, fromKeyboard, navHtml,
-  refocus, stoppedText,
+  ChatState, EMPTY_TEXT, RECONNECTING_TEXT, answerStreaming, autosize, connectChat, errorText, formatStats,
+  fromKeyboard, isThinking, navHtml, reasoningLabel, reasoningOpen, refocus, stoppedText,
 } from '../../shared/chat.js';
 import { renderMarkdown } from '../../shared/markdown.js';
 
 // The assistant's reply as sanitized markdown (shared/markdown.js), the cursor inside it while it streams.
-function Markdown({ text, streaming }) {
+function Markdown({ text, streaming, testId = 'message-text', ...attrs }) {
   const html = useMemo(() => renderMarkdown(text, { streaming }), [text, streaming]);
-  return <div className="text markdown" data-testid="message-text" dangerouslySetInnerHTML={{ __html: html }} />;
+  return <div className="text markdown" data-testid={testId} dangerouslySetInnerHTML={{ __html: html }} {...attrs} />;
 }
 
-const Message = memo(function Message({ message }) {
-  const { role, content, status, reconnecting, stats, error } = message;
+// The reply's thinking (shared/chat.js says when it is open and what it says). The state decides whether it is
+// open: the summary's click toggles it there, and the browser's own toggle is prevented.
+function Reasoning({ message, onToggle }) {
+  return (
+    <details className="reasoning" data-testid="reasoning" open={reasoningOpen(message)}>
+      <summary data-testid="reasoning-summary" onClick={(e) => { e.preventDefault(); onToggle(message.id); }}>
+        {reasoningLabel(message)}
+      </summary>
+      <Markdown text={message.reasoning} streaming={isThinking(message)} testId="reasoning-text" aria-live="off" />
+    </details>
+  );
+}
+
+const Message = memo(function Message({ message, onToggleReasoning }) {
+  const { role, content, reasoning, status, reconnecting, stats, error } = message;
   return (
     <article className={`message ${role}`} data-testid="message" data-role={role} data-status={status}>
       <span className="who">{role === 'user' ? 'You' : 'Assistant'}</span>
+      {reasoning ? <Reasoning message={message} onToggle={onToggleReasoning} /> : null}
       <div className="body">
         {role === 'assistant'
-          ? <Markdown text={content} streaming={status === 'streaming'} />
+          ? <Markdown text={content} streaming={answerStreaming(message)} />
           : <span className="text" data-testid="message-text">{content}</span>}
       </div>
       {reconnecting && <p className="note reconnecting" data-testid="reconnecting" role="status">{RECONNECTING_TEXT}</p>}
@@ -108,7 +122,7 @@ export default function TokenStreamChat() {
       <main className="messages" data-testid="messages" role="log" aria-live="polite" aria-label="Conversation"
             aria-busy={streaming} tabIndex={0} ref={listRef}>
         {messages.length === 0 && <p className="empty">{EMPTY_TEXT}</p>}
-        {messages.map((m) => <Message key={m.id} message={m} />)}
+        {messages.map((m) => <Message key={m.id} message={m} onToggleReasoning={chat.toggleReasoning} />)}
       </main>
 
       <form className="composer" ref={composerRef} onSubmit={(e) => { e.preventDefault(); sendMessage(); }}>
