@@ -66,6 +66,8 @@ def test_a_stream_is_a_request_span_with_a_generation_child_that_continues_the_c
     assert attributes["gen_ai.provider.name"] == "openai"
     assert tuple(attributes["gen_ai.response.finish_reasons"]) == ("stop",)
     assert attributes["chains.token_events"] == 10  # the fault upstream's reply
+    assert attributes["chains.upstream"] == f"{fault_upstream.url}/v1"  # which upstream of the list answered
+    assert attributes["gen_ai.usage.output_tokens"] == 10  # its usage: every upstream is asked for it
     assert [event.name for event in generation.events] == ["gen_ai.first_token"]
     assert generation.status.status_code != StatusCode.ERROR
     # The upstream saw the generation's context: same trace, the generation span as its parent.
