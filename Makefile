@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUNTIME := $(VENV)/.runtime-installed
 TESTDEPS := $(VENV)/.test-installed
 
-.PHONY: install run test lint bench chromium clean playground rebuild-llama print-llama-cmake-args print-llama-cpp-version print-llama-wheels
+.PHONY: install run test lint bench chromium clean playground rebuild-llama llama-server print-llama-cmake-args print-llama-cpp-version print-llama-wheels print-llama-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,33 @@ print-llama-wheels:
 rebuild-llama:
 	rm -rf $(LLAMA_WHEELS) $(VENV)/.llama-cpp-*
 	$(MAKE) $(LLAMA_INSTALLED)
+
+# llama.cpp's own OpenAI-compatible server, `llama-server`, for the tests of the openai provider against a real
+# server that reports usage in streams (llama-cpp-python's server does not). Built from the llama.cpp sources in the
+# same llama-cpp-python sdist, with the same portable flags, once per machine and version + flags (~15 min on 2 cores
+# the first time); no web UI, no TLS: the tests talk to it on loopback.
+LLAMA_SERVER_DIR ?= $(HOME)/.cache/token-streaming/llama-server/$(LLAMA_BUILD_KEY)
+LLAMA_SERVER := $(LLAMA_SERVER_DIR)/llama-server
+LLAMA_SERVER_CMAKE_ARGS := $(filter-out -DLLAVA_BUILD=OFF,$(LLAMA_CMAKE_ARGS)) -DCMAKE_BUILD_TYPE=Release \
+  -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+
+$(LLAMA_SERVER): | $(BIN)/python
+	rm -rf $(LLAMA_SERVER_DIR)/src $(LLAMA_SERVER_DIR)/build && mkdir -p $(LLAMA_SERVER_DIR)/src
+	$(BIN)/pip install --quiet cmake
+	$(BIN)/pip download --quiet --no-cache-dir --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_VERSION) \
+	  -d $(LLAMA_SERVER_DIR)/src
+	tar xzf $(LLAMA_SERVER_DIR)/src/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(LLAMA_SERVER_DIR)/src
+	$(BIN)/cmake -S $(LLAMA_SERVER_DIR)/src/llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp \
+	  -B $(LLAMA_SERVER_DIR)/build $(LLAMA_SERVER_CMAKE_ARGS) > $(LLAMA_SERVER_DIR)/cmake.log
+	$(BIN)/cmake --build $(LLAMA_SERVER_DIR)/build --target llama-server -j$$(nproc) > $(LLAMA_SERVER_DIR)/build.log
+	cp $(LLAMA_SERVER_DIR)/build/bin/llama-server $@
+	rm -rf $(LLAMA_SERVER_DIR)/src $(LLAMA_SERVER_DIR)/build
+
+llama-server: $(LLAMA_SERVER)
+
+print-llama-server:
+	@echo '$(LLAMA_SERVER)'
 
 # The project itself; llama-cpp-python is already satisfied by the portable build above, so pip builds nothing.
 $(RUNTIME): pyproject.toml $(LLAMA_INSTALLED) | $(BIN)/python
@@ -119,8 +146,8 @@ lint: $(TESTDEPS)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/mypy
 
-test: $(TESTDEPS) chromium playground $(JS_CLIENT_STAMP) lint
-	$(BIN)/python -m pytest
+test: $(TESTDEPS) chromium playground $(JS_CLIENT_STAMP) $(LLAMA_SERVER) lint
+	LLAMA_SERVER=$(LLAMA_SERVER) $(BIN)/python -m pytest
 
 # Benchmarks (bench/run.py, bench/README.md): prints a markdown table, writes bench/results/latest.json. ~15 minutes
 # on 2 cores, plus ~35 for the loop rate and, the first time, ~15 to compile the two other llama.cpp builds.

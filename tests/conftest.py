@@ -6,6 +6,7 @@ tests/support/fixtures.py."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +70,32 @@ def _llama_openai_upstream(request: pytest.FixtureRequest) -> LiveServer:
 llama_openai_upstream = server_fixture(
     _llama_openai_upstream, scope="session",
     doc="llama-cpp-python's own OpenAI-compatible server, serving the same GGUF.")
+
+def llama_server_binary() -> Path:
+    """llama.cpp's `llama-server`, built by `make llama-server` (which `make test` runs and passes as LLAMA_SERVER)."""
+    given = os.environ.get("LLAMA_SERVER") or subprocess.run(
+        ["make", "-s", "print-llama-server"], capture_output=True, text=True, check=True,
+        cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    path = Path(given)
+    assert path.is_file(), f"{path} is missing: build it with `make llama-server` (`make test` does)"
+    return path
+
+
+def _llama_server_upstream(request: pytest.FixtureRequest) -> LiveServer:
+    model: Path = request.getfixturevalue("model_path")
+    port = free_port()
+    # One slot: requests are answered one at a time, in full, with the context whole (-c); --jinja: the GGUF's own
+    # chat template, as llama-cpp-python's server uses it.
+    args = [str(llama_server_binary()), "--model", str(model), "--alias", "smollm2", "--host", "127.0.0.1",
+            "--port", str(port), "--ctx-size", "2048", "--parallel", "1", "--threads", str(os.cpu_count() or 1),
+            "--jinja", "--no-webui"]
+    return start_process(args, clean_env(), "llama-server-upstream", "/v1/models", port, seconds=120)
+
+
+llama_server_upstream = server_fixture(
+    _llama_server_upstream, scope="session",
+    doc="llama.cpp's own OpenAI-compatible server (`llama-server`), serving the same GGUF: it reports usage in "
+    "streams, which llama-cpp-python's does not.")
 
 # Our app with CHAT_PROVIDER=openai pointed at the real llama.cpp server.
 OPENAI_APP: dict[str, Setting] = {**pointed_at("llama_openai_upstream", "smollm2"), "TEMPERATURE": "0"}
