@@ -2,8 +2,9 @@
 
 Each `/v1/chat/completions` request takes the next fault from a script (`POST /_script {"faults": [...]}`;
 `ok` once the script is empty) and is logged (`GET /_log`): its fault, when it started and when its client went
-away, the tokens sent, whether it streamed and asked for usage, and how many requests were open here when it
-arrived, itself included (`in_flight`: what a capped caller must keep at or below its cap).
+away (`closed`: when its answer ended; `left`: when a stream's client went before its end), the tokens sent,
+whether it streamed and asked for usage, and how many requests were open here when it arrived, itself included
+(`in_flight`: what a capped caller must keep at or below its cap).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ async def completions(request: Request) -> Response:
     entry: dict[str, Any] = {"fault": fault, "started": time.time(), "closed": None, "tokens": 0,
                              "stream": bool(body.get("stream")),
                              "include_usage": bool((body.get("stream_options") or {}).get("include_usage")),
-                             "in_flight": open_requests,
+                             "in_flight": open_requests, "left": None,
                              "traceparent": request.headers.get("traceparent")}  # the caller's trace, if any
     log.append(entry)
     fast = {"retry-after-ms": "10"}  # the OpenAI client honours it: retries stay quick in tests
@@ -72,8 +73,26 @@ async def completions(request: Request) -> Response:
         entry["closed"] = time.time()
         return Response(status_code=499)
 
-    async def events() -> AsyncIterator[bytes]:
+    counted = True  # among the open requests
+
+    def over() -> None:
+        """The request no longer counts as open here (once, whichever comes first: its client left, it ended)."""
         global open_requests
+        nonlocal counted
+        if counted:
+            counted = False
+            open_requests -= 1
+
+    async def watch() -> None:
+        # The generator hears of its client leaving only when its next token is cancelled, up to a token's delay
+        # later: this is when the connection went, so that `in_flight` counts what was open then.
+        await until_disconnected(request)
+        if entry["closed"] is None:
+            entry["left"] = time.time()
+        over()
+
+    async def events() -> AsyncIterator[bytes]:
+        watcher = asyncio.create_task(watch())
         try:
             yield chunk({"role": "assistant", "content": ""})
             count = 400 if fault == "slow" else len(TOKENS)
@@ -94,7 +113,8 @@ async def completions(request: Request) -> Response:
             yield DONE
         finally:
             entry["closed"] = time.time()
-            open_requests -= 1
+            over()
+            watcher.cancel()
 
     return StreamingResponse(events(), media_type="text/event-stream")
 
