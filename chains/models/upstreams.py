@@ -62,9 +62,22 @@ def _reasoning_of(fields: dict[str, Any] | None) -> str | None:
 
 
 class OpenAICompatibleChat(ChatOpenAI):
-    """ChatOpenAI that asks any server for streamed usage and keeps a reasoning model's thinking."""
+    """ChatOpenAI that asks any server for streamed usage and keeps a reasoning model's thinking, over Chat
+    Completions always (every compatible server has it; ChatOpenAI would switch some model names to OpenAI's
+    Responses API)."""
 
     stream_usage: bool | None = True  # ChatOpenAI turns it on only for OpenAI's own URL
+    use_responses_api: bool | None = False
+
+    def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        payload: dict[str, Any] = super()._get_request_payload(input_, stop=stop, **kwargs)
+        # ChatOpenAI sends the cap as `max_completion_tokens` only; servers of the older API (llama-cpp-python's)
+        # read `max_tokens` only, and would generate until the context is full. OpenAI's own URL gets the new name
+        # alone (its reasoning models refuse the old one).
+        base = self.openai_api_base
+        if base and "api.openai.com" not in base and "max_completion_tokens" in payload:
+            payload.setdefault("max_tokens", payload["max_completion_tokens"])
+        return payload
 
     def _convert_chunk_to_generation_chunk(self, chunk: dict[str, Any], default_chunk_class: type,
                                            base_generation_info: dict[str, Any] | None) -> ChatGenerationChunk | None:

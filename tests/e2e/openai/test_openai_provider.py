@@ -34,7 +34,9 @@ def test_factory_sets_an_explicit_timeout_and_retries_and_asks_for_usage(chat_op
 async def test_provider_streams_tokens_and_honours_max_tokens(chat_openai: ChatOpenAI) -> None:
     chunks = [c async for c in chat_openai.astream([HumanMessage("Tell me about the sea.")])]
     text = "".join(str(c.content) for c in chunks)
-    assert sum(1 for c in chunks if c.content) > 1
+    # llama-cpp-python's server reads only `max_tokens` (ChatOpenAI sends `max_completion_tokens`): without both
+    # names it would generate until its context is full. It streams a token a chunk.
+    assert 1 < sum(1 for c in chunks if c.content) <= 16
     assert text.strip()
     finish = [c.response_metadata.get("finish_reason") for c in chunks if c.response_metadata.get("finish_reason")]
     assert finish == ["length"], "max tokens (16) should cut this reply short"

@@ -38,6 +38,15 @@ def test_a_reasoning_delta_under_either_name_lands_where_langchain_puts_reasonin
     assert plain is not None and plain.message.additional_kwargs == {} and plain.message.content == "hi"
 
 
+def test_the_token_cap_goes_by_both_names_except_to_openai_and_always_over_chat_completions() -> None:
+    elsewhere = chat()._get_request_payload([("user", "hi")], max_tokens=7)
+    assert (elsewhere["max_completion_tokens"], elsewhere["max_tokens"]) == (7, 7)
+    openai_own = chat("https://api.openai.com/v1")._get_request_payload([("user", "hi")], max_tokens=7)
+    assert openai_own["max_completion_tokens"] == 7 and "max_tokens" not in openai_own
+    assert not chat()._use_responses_api({})
+    assert not OpenAICompatibleChat(model="o1-pro", api_key=SecretStr("sk-x"))._use_responses_api({})
+
+
 def test_a_completions_reasoning_is_kept_and_usage_is_asked_of_any_server() -> None:
     completion = {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": [
         {"index": 0, "finish_reason": "stop",
