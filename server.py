@@ -45,7 +45,7 @@ from chains.streaming.store import build_run_store
 def create_app(settings: Settings) -> FastAPI:
     model = build_chat_model(settings, partial(observed_async_client, settings.openai_model))
     chains = build_chains(model, settings.system_prompt)
-    admission = admission_queue(model)  # the local model's wait queue; None for the others
+    admission = admission_queue(model)  # the local model's places, or capped upstreams'; None for the others
     tracing = tracing_from_environment()  # off unless OTEL_* turns it on
     observer = observe(settings.provider, settings.model_name, settings.temperature, settings.max_tokens,
                        settings.log_format == "json", tracing, model)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import annotated_types
+import httpx
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -25,6 +26,16 @@ EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 class ConfigError(Exception):
     """A setting is missing or wrong; the message is one line meant for the operator."""
+
+
+def redacted_url(url: str) -> str:
+    """A URL as logs, metrics labels and messages may show it: without credentials, query, fragment or trailing
+    slash (a URL may carry a key in any of the first three)."""
+    try:
+        shown = httpx.URL(url).copy_with(username=None, password=None, query=None, fragment=None)
+    except httpx.InvalidURL:
+        return "(an invalid URL)"
+    return str(shown).rstrip("/")
 
 
 def embedded_model_path() -> Path | None:
@@ -229,19 +240,25 @@ class Settings(BaseSettings):
                 return "scripted"
 
     def openai_base_urls(self) -> tuple[str | None, ...]:
-        """OPENAI_BASE_URL as its list, in order of preference; (None,) for OpenAI's own."""
+        """OPENAI_BASE_URL as its list, in order of preference; (None,) for OpenAI's own. An element is named by its
+        position, never echoed: a URL may carry credentials."""
         if self.openai_base_url is None or not self.openai_base_url.strip():
             return (None,)
         urls = tuple(url.strip() for url in self.openai_base_url.split(","))
-        for i, url in enumerate(urls):
+        seen: set[str] = set()
+        for i, url in enumerate(urls, 1):
             if not url:
-                raise ConfigError(f"OPENAI_BASE_URL: element {i + 1} of the list is empty (got "
-                                  f"{self.openai_base_url!r}); give comma-separated URLs")
-            if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", url):
-                shown = re.sub(r"^([^/]*//)?[^/@]*@", r"\1…@", url[:200])  # never credentials in the URL
-                raise ConfigError(f"OPENAI_BASE_URL: {shown!r} is not an http:// or https:// URL")
-        if len(set(urls)) != len(urls):
-            raise ConfigError("OPENAI_BASE_URL: the same URL is listed twice")
+                raise ConfigError(f"OPENAI_BASE_URL: element {i} of {len(urls)} is empty; give comma-separated URLs")
+            try:
+                parsed = httpx.URL(url)
+            except httpx.InvalidURL:
+                parsed = None
+            if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+                raise ConfigError(f"OPENAI_BASE_URL: element {i} of {len(urls)} is not an http:// or https:// URL "
+                                  f"with a host")
+            if redacted_url(url) in seen:
+                raise ConfigError(f"OPENAI_BASE_URL: element {i} of {len(urls)} is listed already")
+            seen.add(redacted_url(url))
         return urls
 
     def check(self) -> Settings:

@@ -32,7 +32,7 @@ from chains.runnables.limits import InputLimits
 def install(app: FastAPI, settings: Settings, admission: AdmissionQueue | None,
             keys: tuple[KeyMatcher, FailedAuth] | None, tracing: Tracing | None = None) -> None:
     app.add_middleware(CancelWhenClientLeaves)
-    if admission is not None:  # a model with a bounded wait queue (the local one)
+    if admission is not None:  # a model with a bounded wait queue (the local one, capped upstreams)
         app.add_middleware(ModelAdmission, queue=admission)
     if settings.max_streams_per_client:
         app.add_middleware(StreamsPerClient, limit=settings.max_streams_per_client)

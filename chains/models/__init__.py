@@ -22,15 +22,19 @@ def build_chat_model(settings: Settings, http_client_for: Callable[[str], Any] |
         case "openai":
             from chains.models.upstreams import OpenAICompatibleChat, build_upstreams, upstream_label
 
-            def upstream_model(url: str | None, retries: bool) -> OpenAICompatibleChat:
+            def upstream_models(url: str | None) -> tuple[OpenAICompatibleChat, OpenAICompatibleChat]:
+                """Without retries and with them, over one HTTP client (one connection pool an upstream)."""
                 client = http_client_for(upstream_label(url)) if http_client_for is not None else None
-                return OpenAICompatibleChat(
-                    model=settings.openai_model, api_key=settings.openai_api_key, base_url=url,
-                    temperature=settings.temperature, max_completion_tokens=settings.max_tokens, streaming=True,
-                    timeout=settings.openai_timeout, max_retries=settings.openai_max_retries if retries else 0,
-                    http_async_client=client)
 
-            return build_upstreams(settings.openai_base_urls(), upstream_model, settings.openai_model,
+                def model(retries: int) -> OpenAICompatibleChat:
+                    return OpenAICompatibleChat(
+                        model=settings.openai_model, api_key=settings.openai_api_key, base_url=url,
+                        temperature=settings.temperature, max_completion_tokens=settings.max_tokens, streaming=True,
+                        timeout=settings.openai_timeout, max_retries=retries, http_async_client=client)
+
+                return model(0), model(settings.openai_max_retries)
+
+            return build_upstreams(settings.openai_base_urls(), upstream_models, settings.openai_model,
                                    settings.openai_cooldown_seconds, settings.openai_max_concurrency,
                                    settings.openai_queue_size)
         case "local":

@@ -42,8 +42,9 @@ class ModelPlaces:
     generations give their places back from the decode thread."""
 
     def __init__(self, places: int, per_client: int | None = None,
-                 busy: type[ModelOverloadedError] = ModelOverloadedError) -> None:
+                 busy: type[ModelOverloadedError] = ModelOverloadedError, running: int = 1) -> None:
         self.places = places
+        self.running = running  # of the places, those that run (the others wait)
         self.share = places if per_client is None else max(1, min(per_client, places - 1))
         self.busy = busy
         self.pending = 0
@@ -56,7 +57,7 @@ class ModelPlaces:
     def refusal(self, client: ModelClient | None, runs: int = 1) -> ModelRefusal | None:
         """Why `runs` more generations of `client` would not fit now, or None when they would."""
         if runs > self.free_places():
-            return self.busy(max(self.pending - 1, 0))
+            return self.busy(max(self.pending - self.running, 0))
         for who, slot in client.slots() if client is not None else ():
             held = self.held[slot]
             if held + runs > self.share:

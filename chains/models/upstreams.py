@@ -18,10 +18,8 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any, Protocol
 
 import httpx
@@ -36,21 +34,21 @@ from langchain_openai import ChatOpenAI
 from pydantic import ConfigDict, PrivateAttr
 
 from chains.common.errors import UpstreamBusy
+from chains.common.settings import redacted_url
 from chains.models.base import ModelPlaces, admitted, closing, usage_meter
 
-# What moves a request to the next upstream, before its first chunk: the upstream is down or refuses to serve now.
-# (APITimeoutError is an APIConnectionError; a 4xx other than 429 is the request's fault, the same everywhere.)
+# What moves a request to the next upstream, before its first chunk: the upstream is down, refuses to serve now, or
+# its stream broke off before it said anything. (APITimeoutError is an APIConnectionError; a 4xx other than 429 is
+# the request's fault, the same everywhere.)
 FAILOVER_ERRORS: tuple[type[BaseException], ...] = (
-    openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError)
+    openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError, httpx.TransportError)
 # The field names servers put a reasoning model's thinking under, in a delta or a message.
 REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 def upstream_label(url: str | None) -> str:
     """An upstream as logs, metrics and traces name it: its URL without credentials, query or fragment."""
-    if url is None:
-        return "https://api.openai.com/v1"
-    return re.sub(r"//[^/@]*@", "//", url).split("?")[0].split("#")[0].rstrip("/")
+    return redacted_url(url or "https://api.openai.com/v1")
 
 
 def _reasoning_of(fields: dict[str, Any] | None) -> str | None:
@@ -109,32 +107,45 @@ class UpstreamsObserver(Protocol):
 
 
 class Upstream:
-    """One server of the list: its chat model, its calls in flight (bounded by a semaphore when capped), and until
-    when it cools down after a failure."""
+    """One server of the list: its chat model (and the same with the SDK's retries, for when it is tried last), its
+    calls in flight (at most `max_concurrency` when capped) and until when it cools down after a failure."""
 
-    def __init__(self, url: str | None, model: OpenAICompatibleChat, max_concurrency: int, rank: int) -> None:
+    def __init__(self, url: str | None, model: OpenAICompatibleChat, retrying: OpenAICompatibleChat,
+                 max_concurrency: int, rank: int) -> None:
         self.label = upstream_label(url)
         self.model = model
+        self.retrying = retrying
         self.rank = rank
         self.max_concurrency = max_concurrency
-        self.slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        self.in_flight = 0
         self.cooling_until = 0.0
 
-    def slot(self) -> AbstractAsyncContextManager[Any]:
-        return self.slots if self.slots is not None else nullcontext()
-
     def full(self) -> bool:
-        return self.slots is not None and self.slots.locked()
+        return bool(self.max_concurrency) and self.in_flight >= self.max_concurrency
+
+
+def _says_something(chunk: ChatGenerationChunk) -> bool:
+    """Whether a chunk is more than the empty role chunk servers send first: text, reasoning, usage, an end."""
+    message = chunk.message
+    return bool(message.content or message.additional_kwargs or getattr(message, "usage_metadata", None)
+                or (chunk.generation_info or {}).get("finish_reason"))
 
 
 class UpstreamCall(Runnable[list[BaseMessage], ChatGenerationChunk]):
-    """One attempt at one upstream, as a runnable for `with_fallbacks`: waits for a slot when the upstream is capped,
-    cools the upstream down when it fails, and says which upstream answered (the streaming core's meter, the
-    observer) once its first chunk is in."""
+    """One attempt at one upstream, as a runnable for `with_fallbacks`, made for one request.
 
-    def __init__(self, upstream: Upstream, pool: Upstreams) -> None:
-        self.upstream = upstream
-        self.pool = pool
+    `with_fallbacks` moves on when an attempt fails before its first chunk, and commits to it after. Servers send an
+    empty role chunk at once, so the attempt holds chunks back until one says something: a stream that breaks after
+    its role chunk still fails over. Around the call: its slot (taken already for the first attempt, else waited for),
+    the cool-down of an upstream that failed, which upstream answered, and its failure kept (`with_fallbacks` raises
+    the first attempt's; the last is the one to tell). `aclose` ends the attempt, however its stream was left:
+    `with_fallbacks` does not close the stream of the attempt it followed."""
+
+    def __init__(self, upstream: Upstream, pool: Upstreams, retries: bool, holds_slot: bool = False) -> None:
+        self.upstream, self.pool, self.retries = upstream, pool, retries
+        self.holds_slot = holds_slot
+        self.chunks: AsyncIterator[ChatGenerationChunk] | None = None
+        self.error: BaseException | None = None
 
     def invoke(self, input: list[BaseMessage], config: RunnableConfig | None = None,
                **kwargs: Any) -> ChatGenerationChunk:
@@ -143,25 +154,53 @@ class UpstreamCall(Runnable[list[BaseMessage], ChatGenerationChunk]):
     async def astream(self, input: list[BaseMessage], config: RunnableConfig | None = None,
                       **kwargs: Any | None) -> AsyncIterator[ChatGenerationChunk]:
         upstream, pool = self.upstream, self.pool
-        async with upstream.slot():
-            first = True
-            try:
-                async with closing(upstream.model._astream(input, **kwargs)) as chunks:
-                    async for chunk in chunks:
-                        if first:
-                            first = False
-                            pool.answered_by(upstream)
-                        yield chunk
-            except (openai.APIError, httpx.HTTPError) as exc:
-                # Down or refusing (FAILOVER_ERRORS), or its stream broke off: cooled down. A 4xx is the request's.
-                if isinstance(exc, FAILOVER_ERRORS) or not first:
-                    pool.failed(upstream, before_first_chunk=first)
-                raise
+        if not self.holds_slot:
+            await pool.take(upstream)
+            self.holds_slot = True
+        held: list[ChatGenerationChunk] = []
+        answered = False
+        try:
+            model = upstream.retrying if self.retries else upstream.model
+            self.chunks = model._astream(input, **kwargs)
+            async for chunk in self.chunks:
+                if not answered:
+                    if not _says_something(chunk):
+                        held.append(chunk)
+                        continue
+                    answered = True
+                    pool.answered_by(upstream)
+                    for early in held:
+                        yield early
+                yield chunk
+            if not answered:  # an empty reply: it answered all the same
+                pool.answered_by(upstream)
+                for early in held:
+                    yield early
+        except (openai.APIError, httpx.HTTPError) as exc:
+            self.error = exc
+            # Down or refusing (FAILOVER_ERRORS), or its stream broke off: cooled down. A 4xx is the request's.
+            if isinstance(exc, FAILOVER_ERRORS) or answered:
+                pool.failed(upstream, before_first_chunk=not answered)
+            raise
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """The upstream's stream closed (its HTTP response with it) and the slot given back, once."""
+        chunks, self.chunks = self.chunks, None
+        if chunks is not None:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
+        if self.holds_slot:
+            self.holds_slot = False
+            await self.pool.give_back(self.upstream)
 
 
 class Upstreams(BaseChatModel):
     """The chat model over OPENAI_BASE_URL's list: each request tries the upstreams in order of preference, those
-    cooling down last, those at their cap after the free ones."""
+    cooling down last, those at their cap after the free ones; with caps, a request waits for the first upstream
+    that has a free slot, whichever it is."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -171,11 +210,13 @@ class Upstreams(BaseChatModel):
     queue_size: int = 0
     _places: ModelPlaces | None = PrivateAttr(None)
     _observer: UpstreamsObserver | None = PrivateAttr(None)
+    _freed: asyncio.Condition | None = PrivateAttr(None)  # notified when a slot is given back
 
     def model_post_init(self, context: Any) -> None:
+        super().model_post_init(context)
         running = sum(u.max_concurrency for u in self.upstreams)
         if all(u.max_concurrency for u in self.upstreams):  # running (the caps) and waiting: what admission hands out
-            self._places = ModelPlaces(running + self.queue_size, busy=UpstreamBusy)
+            self._places = ModelPlaces(running + self.queue_size, busy=UpstreamBusy, running=running)
 
     @property
     def _llm_type(self) -> str:
@@ -199,6 +240,40 @@ class Upstreams(BaseChatModel):
         now = time.monotonic() if now is None else now
         return sorted(self.upstreams, key=lambda u: (u.cooling_until > now, u.full(), u.rank))
 
+    # -- slots: calls in flight per upstream, and one wait for whichever frees first --------------------------------
+
+    def _condition(self) -> asyncio.Condition:
+        if self._freed is None:  # made in the event loop that uses it
+            self._freed = asyncio.Condition()
+        return self._freed
+
+    async def take_first(self) -> Upstream:
+        """A slot on the first upstream in order that has one, waiting until one has."""
+        freed = self._condition()
+        async with freed:
+            while True:
+                first = self.ordered()[0]
+                if not first.full():
+                    first.in_flight += 1
+                    return first
+                await freed.wait()
+
+    async def take(self, upstream: Upstream) -> None:
+        """A slot on this upstream (a fallback's), waiting until it has one."""
+        freed = self._condition()
+        async with freed:
+            while upstream.full():
+                await freed.wait()
+            upstream.in_flight += 1
+
+    async def give_back(self, upstream: Upstream) -> None:
+        freed = self._condition()
+        async with freed:
+            upstream.in_flight -= 1
+            freed.notify_all()
+
+    # -- what happened -----------------------------------------------------------------------------------------
+
     def answered_by(self, upstream: Upstream) -> None:
         upstream.cooling_until = 0.0
         meter = usage_meter.get()
@@ -213,22 +288,34 @@ class Upstreams(BaseChatModel):
         if before_first_chunk and self._observer is not None:
             self._observer.failed_over(upstream.label)
 
-    def _runnable(self) -> Runnable[list[BaseMessage], ChatGenerationChunk]:
-        first, *rest = (UpstreamCall(upstream, self) for upstream in self.ordered())
-        if not rest:
-            return first
-        return first.with_fallbacks(rest, exceptions_to_handle=FAILOVER_ERRORS)
+    # -- LangChain's interface -------------------------------------------------------------------------------
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any
                        ) -> AsyncIterator[ChatGenerationChunk]:
         release = self._claim()
+        calls: list[UpstreamCall] = []
         try:
-            # LangChain's astream reports each chunk to the callbacks (run_manager) itself.
-            async with closing(self._runnable().astream(messages, stop=stop, **kwargs)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
+            first = await self.take_first()
+            order = [first, *(u for u in self.ordered() if u is not first)]
+            # Only the last tried retries (OPENAI_MAX_RETRIES): for the others the next upstream is the retry.
+            calls = [UpstreamCall(u, self, retries=i == len(order) - 1, holds_slot=u is first)
+                     for i, u in enumerate(order)]
+            runnable = calls[0].with_fallbacks(calls[1:], exceptions_to_handle=FAILOVER_ERRORS) if len(calls) > 1 \
+                else calls[0]
+            try:
+                # LangChain's astream reports each chunk to the callbacks (run_manager) itself.
+                async with closing(runnable.astream(messages, stop=stop, **kwargs)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+            except FAILOVER_ERRORS as exc:
+                last = next((call.error for call in reversed(calls) if call.error is not None), exc)
+                if last is not exc:  # every upstream failed: tell the last one's failure (with_fallbacks: the first)
+                    raise last from None
+                raise
         finally:
+            for call in calls:  # an attempt left suspended by with_fallbacks, or never started
+                await call.aclose()
             release()
 
     def _claim(self) -> Callable[[], None]:
@@ -250,18 +337,19 @@ class Upstreams(BaseChatModel):
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         # The synchronous path (nothing in the server takes it): the same order and failover, without the caps.
-        first, *rest = (upstream.model for upstream in self.ordered())
+        order = self.ordered()
+        first, *rest = [u.model for u in order[:-1]] + [order[-1].retrying]
         model = first.with_fallbacks(rest, exceptions_to_handle=FAILOVER_ERRORS) if rest else first
         message = model.invoke(messages, stop=stop, **kwargs)
         assert isinstance(message, AIMessage)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
 
-def build_upstreams(urls: Sequence[str | None], make_model: Callable[[str | None, bool], OpenAICompatibleChat],
+def build_upstreams(urls: Sequence[str | None],
+                    make_models: Callable[[str | None], tuple[OpenAICompatibleChat, OpenAICompatibleChat]],
                     model_name: str, cooldown_seconds: float, max_concurrency: int, queue_size: int) -> Upstreams:
-    """The pool over `urls`; `make_model(url, retries)` builds each one's chat model. Only the last upstream retries
-    (OPENAI_MAX_RETRIES): for the others the next upstream is the retry."""
-    last = len(urls) - 1
-    upstreams = [Upstream(url, make_model(url, i == last), max_concurrency, i) for i, url in enumerate(urls)]
+    """The pool over `urls`; `make_models(url)` builds each one's chat model without retries and with the SDK's
+    (OPENAI_MAX_RETRIES), for when it is the last tried."""
+    upstreams = [Upstream(url, *make_models(url), max_concurrency, i) for i, url in enumerate(urls)]
     return Upstreams(upstreams=upstreams, model_name=model_name, cooldown_seconds=cooldown_seconds,
                      queue_size=queue_size)

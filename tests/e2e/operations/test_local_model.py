@@ -65,7 +65,7 @@ async def test_abandoned_stream_stops_decoding_and_frees_the_model(model_path: P
     # Had the abandoned 2,000-token generation gone on, this call would wait ~20 s behind it.
     assert reply.content
     assert waited < 5, f"the next request waited {waited:.1f}s behind an abandoned one"
-    assert long_model.pending == 0
+    assert long_model.places.pending == 0
 
 
 async def test_cancelled_task_stops_decoding(model_path: Path) -> None:
@@ -83,9 +83,9 @@ async def test_cancelled_task_stops_decoding(model_path: Path) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     deadline = time.monotonic() + 2
-    while long_model.pending and time.monotonic() < deadline:
+    while long_model.places.pending and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-    assert long_model.pending == 0, "the decode thread is still running after its consumer was cancelled"
+    assert long_model.places.pending == 0, "the decode thread is still running after its consumer was cancelled"
 
 
 async def test_requests_beyond_the_queue_are_refused(model: LlamaCppChatModel) -> None:

@@ -317,10 +317,11 @@ async def test_buffering_never_mixes_reasoning_into_the_answers_groups() -> None
 
 
 async def test_reasoning_pieces_count_as_activity_for_the_idle_timeout_but_not_past_the_whole_timeout() -> None:
-    # 8 pieces of reasoning 60 ms apart: 420 ms of thinking, never 200 ms of silence.
-    thinking = await stream(StreamOptions(idle_timeout=0.2), reasoning_tokens=8, reply_tokens=2, token_delay_ms=60)
-    assert thinking[-1].event == "done" and thinking[-1].json()["full_reasoning"] == "".join(scripted_reasoning(8))
-    bounded = await stream(StreamOptions(timeout=0.2), reasoning_tokens=8, reply_tokens=2, token_delay_ms=60)
+    # 14 pieces of reasoning 100 ms apart: 1.3 s of thinking, never more than a tenth of the 1 s idle limit silent
+    # (a margin that a loaded machine's scheduling does not eat).
+    thinking = await stream(StreamOptions(idle_timeout=1.0), reasoning_tokens=14, reply_tokens=2, token_delay_ms=100)
+    assert thinking[-1].event == "done" and thinking[-1].json()["full_reasoning"] == "".join(scripted_reasoning(14))
+    bounded = await stream(StreamOptions(timeout=0.3), reasoning_tokens=14, reply_tokens=2, token_delay_ms=100)
     assert bounded[-1].event == "error" and bounded[-1].json()["type"] == "timeout"
     assert not tokens_of(bounded)  # it timed out while still thinking
 
