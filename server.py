@@ -24,6 +24,8 @@ from chains.api.openai.serving import OpenAIServing
 from chains.api.runs.router import runs_router
 from chains.api.runs.serving import RunServing
 from chains.api.sign_in import sign_in_router
+from chains.api.ui.router import ui_chat_router
+from chains.api.ui.serving import UIChatServing
 from chains.common.keys import FailedAuth, KeyMatcher
 from chains.common.responses import ERROR_RESPONSES, install_error_handlers
 from chains.common.settings import ConfigError, Settings, load_settings
@@ -80,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(chat_router(ChatServing(chains, settings, runs)))
     app.include_router(runs_router(runs))
     app.include_router(openai_router(OpenAIServing(chains, settings, runs)))
+    app.include_router(ui_chat_router(UIChatServing(chains["conversation"], settings, runs)))
     mount_chains(app, chains)
     if keys is not None:
         app.include_router(sign_in_router(*keys))

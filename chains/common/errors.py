@@ -92,6 +92,14 @@ def speaks_openai(path: str) -> bool:
     return path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/")
 
 
+UI_CHAT_PREFIX = "/api/chat"
+
+
+def speaks_text(path: str) -> bool:
+    """Whether `path` belongs to the AI SDK's `/api/chat`, whose client shows an error's body as it is: text."""
+    return path == UI_CHAT_PREFIX or path.startswith(UI_CHAT_PREFIX + "/")
+
+
 # OpenAI's `type` is a coarse class a client can act on; our precise ErrorType goes in `code`.
 _OPENAI_TYPE_OF_STATUS: dict[int, str] = {401: "authentication_error", 403: "permission_error",
                                           404: "not_found_error", 429: "rate_limit_error"}

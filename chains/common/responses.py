@@ -17,7 +17,7 @@ from typing import Any, get_args
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
@@ -34,6 +34,7 @@ from chains.common.errors import (
     openai_error_body,
     openai_param,
     speaks_openai,
+    speaks_text,
 )
 from chains.common.log_text import one_line
 
@@ -51,7 +52,14 @@ class ErrorResponse(JSONResponse):
         super().__init__(error_body(kind, message, error_id), status_code=status, headers=headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not speaks_openai(scope.get("path", "")):
+        path = scope.get("path", "")
+        if speaks_text(path):
+            text = PlainTextResponse(self.message, self.status_code, {
+                name.decode(): value.decode() for name, value in self.raw_headers
+                if name not in (b"content-length", b"content-type")})
+            await text(scope, receive, send)
+            return
+        if not speaks_openai(path):
             await super().__call__(scope, receive, send)
             return
         body = self.render(openai_error_body(self.status_code, self.kind, self.message, self.param))
@@ -127,12 +135,18 @@ def install_error_handlers(app: FastAPI) -> None:
         # Only what escapes chains.middleware.answer_failures (which answers route failures) arrives here.
         return failure_response(exc, f"{request.method} {request.url.path}")
 
-    async def invalid_input(request: Request, exc: Exception) -> JSONResponse:
+    async def invalid_input(request: Request, exc: Exception) -> Response:
         # LangServe raises some 422s with bare strings as errors, and validates each /batch input only when it
         # runs it; its `input` errors come with an empty location.
         assert isinstance(exc, (ValidationError, RequestValidationError))
         if speaks_openai(request.url.path):  # OpenAI answers a bad field with 400 naming it in `param`
             return openai_invalid(exc.errors())
+        if speaks_text(request.url.path):  # the AI SDK shows the body: the first problem, in words
+            first: Any = next(iter(exc.errors()), {})
+            first = first if isinstance(first, dict) else {"msg": str(first)}
+            field = openai_param(first.get("loc")) or "body"
+            message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+            return PlainTextResponse(f"{field}: {message}", status_code=400)
         errors = [
             {"loc": list(e.get("loc") or ["body", "input"]), "msg": str(e.get("msg", "")),
              "type": str(e.get("type", "value_error"))}

@@ -33,18 +33,22 @@ OPENAI_COMPLETIONS = "/v1/chat/completions"
 RUNS_PREFIX = "/chat/runs/"  # a run's state, its cancel, and joining it (chains.api.runs)
 
 
+UI_CHAT = "/api/chat"  # the AI SDK's UI message stream (chains.api.ui)
+
+
 def runs_the_model(path: str) -> bool:
-    """LangServe's generation endpoints, the /chat routes and /v1/chat/completions; not schemas, docs, playgrounds
-    or /health, nor a run's state, its cancel or joining it (`/chat/runs/…`), which start nothing."""
+    """LangServe's generation endpoints, the /chat routes, /v1/chat/completions and /api/chat; not schemas, docs,
+    playgrounds or /health, nor a run's state, its cancel or joining it (`/chat/runs/…`), which start nothing."""
     if path.startswith(RUNS_PREFIX):
         return False
     return ((path.startswith("/chat") and path != "/chat/defaults")
-            or path.rstrip("/").endswith(MODEL_ENDPOINTS) or path == OPENAI_COMPLETIONS)
+            or path.rstrip("/").endswith(MODEL_ENDPOINTS) or path in (OPENAI_COMPLETIONS, UI_CHAT))
 
 
 def joins_a_run(path: str) -> bool:
-    """`GET /chat/runs/{id}/stream`: follows a run that is generating, and holds a stream open while it does."""
-    return path.startswith(RUNS_PREFIX) and path.endswith("/stream")
+    """`GET /chat/runs/{id}/stream` or a chat's `GET /api/chat/{id}/stream`: follows a run that is generating, and
+    holds a stream open while it does."""
+    return path.startswith((RUNS_PREFIX, UI_CHAT + "/")) and path.endswith("/stream")
 
 
 def holds_a_stream(path: str) -> bool:

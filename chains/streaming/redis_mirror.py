@@ -109,6 +109,11 @@ def owner_key(owner: str | None) -> str:
     return LIVE_KEY + ":key:" + (owner or "")
 
 
+def name_key(name: str, owner: str | None) -> str:
+    """A name an owner gave its latest run (a chat's id): the run's id."""
+    return RUN_KEY + "name:" + (owner or "") + ":" + name
+
+
 def meta_key(run_id: str) -> str:
     return RUN_KEY + run_id
 

@@ -37,6 +37,7 @@ from chains.streaming.redis_mirror import (
     entry_seq,
     events_key,
     meta_key,
+    name_key,
     owner_key,
 )
 from chains.streaming.run import OnDisconnect, Run, RunStatus
@@ -179,6 +180,20 @@ class RedisRunStore:
                                        "the store keeps (RUN_MAX_LIVE)")
         mirror.add(run, registered)
         return run
+
+    async def name(self, name: str, run_id: str, owner: str | None) -> None:
+        self.local.name_now(name, run_id, owner)
+        try:  # kept as long as the run's events are (RUN_TTL after its end at most; a live run renews nothing)
+            await self.redis.set(name_key(name, owner), run_id, ex=int(self.limits.ttl + LIVE_LEASE) + 1)
+        except REDIS_ERRORS as exc:
+            raise unavailable(exc) from None
+
+    async def named(self, name: str, owner: str | None) -> str | None:
+        try:
+            run_id = await self.redis.get(name_key(name, owner))
+        except REDIS_ERRORS as exc:
+            raise unavailable(exc) from None
+        return None if run_id is None else cast(bytes, run_id).decode()
 
     async def _meta(self, run_id: str, owner: str | None) -> dict[bytes, bytes]:
         try:

@@ -112,6 +112,15 @@ class RunStore(Protocol):
         """The run's state. Raises RunNotFound or RunStoreUnavailable."""
         ...
 
+    async def name(self, name: str, run_id: str, owner: str | None) -> None:
+        """Names the run for its owner (a chat's id names its latest run): `named` finds it, from every process
+        that shares the store, while the store keeps the run. A new run under the same name replaces it."""
+        ...
+
+    async def named(self, name: str, owner: str | None) -> str | None:
+        """The id of the run last given this name by this owner, or None. Raises RunStoreUnavailable."""
+        ...
+
     def stats(self) -> dict[str, int]:
         """Runs live and finished in this process, and runs started."""
         ...
@@ -164,6 +173,8 @@ class MemoryRunStore:
         # Live runs per client, for the budgets (a Counter reads 0 for a client it has not seen, without adding it).
         self.live_by_address: Counter[str] = Counter()
         self.live_by_key: Counter[str] = Counter()
+        # (owner, name) → run id, the latest named last; bounded like the runs it points to.
+        self.names: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     async def create(self, owner: str | None, on_disconnect: OnDisconnect, address: str | None = None) -> Run:
         return self.create_now(owner, on_disconnect, address)
@@ -238,6 +249,24 @@ class MemoryRunStore:
 
     async def info(self, run_id: str, owner: str | None) -> RunInfo:
         return run_info(self.find(run_id, owner))
+
+    async def name(self, name: str, run_id: str, owner: str | None) -> None:
+        self.name_now(name, run_id, owner)
+
+    def name_now(self, name: str, run_id: str, owner: str | None) -> None:
+        names, key = self.names, (owner or "", name)
+        names.pop(key, None)
+        names[key] = run_id
+        while len(names) > self.limits.max_live + self.limits.max_finished:
+            names.popitem(last=False)
+
+    async def named(self, name: str, owner: str | None) -> str | None:
+        key = (owner or "", name)
+        run_id = self.names.get(key)
+        if run_id is not None and not self.holds(run_id):  # the run was forgotten: so is its name
+            del self.names[key]
+            return None
+        return run_id
 
     def stats(self) -> dict[str, int]:
         return {"live": len(self.live), "finished": len(self.finished), "started": self.started}

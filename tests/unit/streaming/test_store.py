@@ -113,6 +113,21 @@ async def test_the_store_refuses_beyond_its_live_runs_and_forgets_finished_ones(
         await store.listen(quick[0].id, None, None)
 
 
+async def test_a_name_finds_the_latest_run_given_it_by_its_owner_while_the_store_keeps_it() -> None:
+    store = MemoryRunStore(RunLimits(max_live=4, max_finished=1, ttl=60))
+    first = await start(store, owner="key-a", reply_tokens=1)
+    await store.name("chat-1", first.id, "key-a")
+    assert await store.named("chat-1", "key-a") == first.id
+    assert await store.named("chat-1", "key-b") is None and await store.named("chat-1", None) is None
+    await read(Listener(first))
+    second = await start(store, owner="key-a", reply_tokens=1)
+    await store.name("chat-1", second.id, "key-a")  # the chat's next reply replaces it
+    assert await store.named("chat-1", "key-a") == second.id
+    await read(Listener(second))
+    store.forget_expired(now=time.time() + 61)
+    assert await store.named("chat-1", "key-a") is None  # its run forgotten: so is the name
+
+
 # --- the resume rules, wherever a run is kept -------------------------------------------------------------------
 
 def test_a_resume_names_an_event_of_this_run() -> None:
