@@ -22,7 +22,9 @@ def chat_openai(llama_openai_upstream) -> ChatOpenAI:
     )
     model = build_chat_model(settings)
     assert isinstance(model, Upstreams) and len(model.upstreams) == 1
-    return model.upstreams[0].model
+    [upstream] = model.upstreams
+    assert upstream.model.max_retries == 0  # what a request uses when another upstream follows: none here
+    return upstream.retrying  # the only upstream is the last tried: it retries
 
 
 def test_factory_sets_an_explicit_timeout_and_retries_and_asks_for_usage(chat_openai: ChatOpenAI) -> None:
