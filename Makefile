@@ -105,7 +105,8 @@ install: $(RUNTIME)
 run: $(RUNTIME) $(if $(shell command -v npm),playground)
 	$(BIN)/python -m chains.hosting --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
-# The React and Vue front ends (Vite builds in playground/*/dist, served at /playground/react/ and /playground/vue/).
+# The React, Vue and AI SDK front ends (Vite builds in playground/*/dist, served at /playground/react/,
+# /playground/vue/ and /playground/ai-sdk/).
 # `npm ci` only when the lock changes; a rebuild only when a source changes. `make run` builds them when npm exists
 # and otherwise serves a notice there; the plain page at /playground/ needs no build.
 NPM_STAMP := playground/node_modules/.npm-ci-stamp
@@ -122,7 +123,10 @@ playground/react/dist/index.html: $(NPM_STAMP) $(PLAYGROUND_SHARED) $(call playg
 playground/vue/dist/index.html: $(NPM_STAMP) $(PLAYGROUND_SHARED) $(call playground_sources,vue)
 	cd playground && npm run --silent build:vue
 
-playground: playground/react/dist/index.html playground/vue/dist/index.html
+playground/ai-sdk/dist/index.html: $(NPM_STAMP) $(PLAYGROUND_SHARED) $(call playground_sources,ai-sdk)
+	cd playground && npm run --silent build:ai-sdk
+
+playground: playground/react/dist/index.html playground/vue/dist/index.html playground/ai-sdk/dist/index.html
 
 # Browser tests drive Debian's Chromium (Playwright cannot download its own browser here); the CJK fonts make
 # Chinese text readable in the screenshots; the tutorial's commands are run with curl; pgrep counts workers;
@@ -161,4 +165,4 @@ bench: $(BENCHDEPS) chromium
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache playground/node_modules playground/react/dist playground/vue/dist \
-	  tests/js/node_modules
+	  playground/ai-sdk/dist tests/js/node_modules

@@ -21,6 +21,8 @@ from chains.api.meta import meta_router
 from chains.api.metrics import metrics_router
 from chains.api.openai.router import openai_router
 from chains.api.openai.serving import OpenAIServing
+from chains.api.responses.router import responses_router
+from chains.api.responses.serving import ResponsesServing
 from chains.api.runs.router import runs_router
 from chains.api.runs.serving import RunServing
 from chains.api.sign_in import sign_in_router
@@ -82,6 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(chat_router(ChatServing(chains, settings, runs)))
     app.include_router(runs_router(runs))
     app.include_router(openai_router(OpenAIServing(chains, settings, runs)))
+    app.include_router(responses_router(ResponsesServing(chains, settings, runs)))
     app.include_router(ui_chat_router(UIChatServing(chains["conversation"], settings, runs)))
     mount_chains(app, chains)
     if keys is not None:

@@ -28,6 +28,7 @@ BODY_SEND = "chains.body_send"
 MODEL_ENDPOINTS = ("/invoke", "/batch", "/stream", "/stream_log", "/stream_events")
 # The OpenAI-compatible surface's generation endpoint (chains.api.openai).
 OPENAI_COMPLETIONS = "/v1/chat/completions"
+OPENAI_RESPONSES = "/v1/responses"  # POST only: its /{id} routes read, resume or cancel a run (chains.api.responses)
 
 
 RUNS_PREFIX = "/chat/runs/"  # a run's state, its cancel, and joining it (chains.api.runs)
@@ -37,18 +38,20 @@ UI_CHAT = "/api/chat"  # the AI SDK's UI message stream (chains.api.ui)
 
 
 def runs_the_model(path: str) -> bool:
-    """LangServe's generation endpoints, the /chat routes, /v1/chat/completions and /api/chat; not schemas, docs,
-    playgrounds or /health, nor a run's state, its cancel or joining it (`/chat/runs/…`), which start nothing."""
+    """LangServe's generation endpoints, the /chat routes, /v1/chat/completions, /v1/responses and /api/chat; not
+    schemas, docs, playgrounds or /health, nor a run's state, its cancel or joining it (`/chat/runs/…`), which start
+    nothing."""
     if path.startswith(RUNS_PREFIX):
         return False
     return ((path.startswith("/chat") and path != "/chat/defaults")
-            or path.rstrip("/").endswith(MODEL_ENDPOINTS) or path in (OPENAI_COMPLETIONS, UI_CHAT))
+            or path.rstrip("/").endswith(MODEL_ENDPOINTS) or path in (OPENAI_COMPLETIONS, OPENAI_RESPONSES, UI_CHAT))
 
 
 def joins_a_run(path: str) -> bool:
-    """`GET /chat/runs/{id}/stream` or a chat's `GET /api/chat/{id}/stream`: follows a run that is generating, and
-    holds a stream open while it does."""
-    return path.startswith((RUNS_PREFIX, UI_CHAT + "/")) and path.endswith("/stream")
+    """`GET /chat/runs/{id}/stream`, a chat's `GET /api/chat/{id}/stream` or `GET /v1/responses/{id}` (which may
+    stream): follows a run that is generating, and holds a stream open while it does."""
+    return ((path.startswith((RUNS_PREFIX, UI_CHAT + "/")) and path.endswith("/stream"))
+            or (path.startswith(OPENAI_RESPONSES + "/") and not path.endswith("/cancel")))
 
 
 def holds_a_stream(path: str) -> bool:

@@ -1,6 +1,6 @@
 """The typewriter pages. Each folder of playground/ that is served holds only what it serves, so each is a plain
 StaticFiles mount: plain/ (the page without a build), shared/ (the modules, stylesheet and vendored libraries the
-three pages share), the React and Vue builds, and the README's screenshots. package.json, node_modules and the
+pages share), the React, Vue and AI SDK builds, and the README's screenshots. package.json, node_modules and the
 React and Vue sources sit beside them, under no mount."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ PLAYGROUND = Path(__file__).resolve().parents[2] / "playground"
 
 
 def mount_playgrounds(app: FastAPI, root: Path = PLAYGROUND) -> None:
-    """/playground/ the plain page, /playground/shared/ what the pages share, /playground/react/ and
-    /playground/vue/ their Vite builds (`make playground`; a notice page until built), /playground/screenshots/,
-    /playground/stats/ the live metrics page."""
-    for framework in ("react", "vue"):
+    """/playground/ the plain page, /playground/shared/ what the pages share, /playground/react/,
+    /playground/vue/ and /playground/ai-sdk/ (the AI SDK's useChat on /api/chat) their Vite builds (`make playground`;
+    a notice page until built), /playground/screenshots/, /playground/stats/ the live metrics page."""
+    for framework in ("react", "vue", "ai-sdk"):
         built = root / framework / "dist"
         app.mount(f"/playground/{framework}", StaticFiles(directory=built if built.is_dir() else root / "not-built",
                                                           html=True), name=f"playground-{framework}")

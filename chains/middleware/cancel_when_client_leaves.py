@@ -1,4 +1,4 @@
-"""Cancels LangServe's /invoke and /batch, and /v1/chat/completions, when their client goes away."""
+"""Cancels LangServe's /invoke and /batch, /v1/chat/completions and /v1/responses, when their client goes away."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chains.common.log_text import one_line
-from chains.common.scope import OPENAI_COMPLETIONS
+from chains.common.scope import OPENAI_COMPLETIONS, OPENAI_RESPONSES
 
 log = logging.getLogger(__name__)
 
@@ -16,15 +16,16 @@ log = logging.getLogger(__name__)
 class CancelWhenClientLeaves:
     """LangServe's /invoke and /batch answer only at the end, and nothing watches their connection meanwhile: a
     batch ran on for 14 s after its client had gone. Here the request is cancelled as soon as the client goes
-    (and with it every run of its batch: `cancel_batches_together`). /v1/chat/completions waits for its first
-    token (or, not streaming, its whole reply) before it answers: the same watch covers that wait."""
+    (and with it every run of its batch: `cancel_batches_together`). /v1/chat/completions and /v1/responses wait
+    for their first token (or, not streaming, the whole reply) before they answer: the same watch covers that wait
+    (a background response answers at once, and its run, which continues on a disconnect, is not touched)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not (scope["path"].rstrip("/").endswith(
-                ("/invoke", "/batch")) or scope["path"] == OPENAI_COMPLETIONS):
+                ("/invoke", "/batch")) or scope["path"] in (OPENAI_COMPLETIONS, OPENAI_RESPONSES)):
             await self.app(scope, receive, send)
             return
         body = await receive()  # the whole body, as RequestLimits hands it on
