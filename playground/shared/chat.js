@@ -269,11 +269,11 @@ export function errorText(error) {
 }
 
 const FRONT_ENDS = [['plain', '/playground/', 'Plain'], ['react', '/playground/react/', 'React'],
-  ['vue', '/playground/vue/', 'Vue']];
+  ['vue', '/playground/vue/', 'Vue'], ['ai-sdk', '/playground/ai-sdk/', 'AI SDK']];
 const LANGSERVE = [['/single-turn/playground/', 'single-turn'], ['/system-prompt/playground/', 'system-prompt'],
   ['/conversation/playground/', 'conversation (chat)']];
 
-/** The inside of each page's <nav>: the three front ends (`current` marked), LangServe's playgrounds, the API docs. */
+/** The inside of each page's <nav>: the four front ends (`current` marked), LangServe's playgrounds, the API docs. */
 export function navHtml(current) {
   const link = (href, label, attrs = '') => `<a href="${href}"${attrs}>${label}</a>`;
   return [

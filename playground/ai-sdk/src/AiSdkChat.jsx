@@ -362,8 +362,7 @@ function Conversation({ record, onNewChat }) {
 }
 
 // The shared nav (shared/chat.js) with this page after the other front ends, marked as the current one.
-const NAV = navHtml('ai-sdk').replace('<span class="sep"',
-  '<a href="/playground/ai-sdk/" aria-current="page">AI SDK</a>\n<span class="sep"');
+const NAV = navHtml('ai-sdk');
 
 export default function AiSdkChat() {
   const [record, setRecord] = useState(() => kept() ?? { id: generateId(), messages: [] });
