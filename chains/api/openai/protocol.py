@@ -44,7 +44,7 @@ MAX_STOP_SEQUENCES = 4
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 
 
-def _only(no_op: Any, why: str) -> AfterValidator:
+def only_at(no_op: Any, why: str) -> AfterValidator:
     """A field accepted only at the value that asks for nothing (what clients send by default)."""
 
     def check(value: Any) -> Any:
@@ -135,21 +135,21 @@ class ChatCompletionRequest(BaseModel):
     safety_identifier: BoundedText | None = Field(None, max_length=256, description="accepted and not used")
     verbosity: Literal["low", "medium", "high"] | None = Field(None, description="accepted and not used")
     # Accepted only at the value that asks for nothing.
-    n: Annotated[int | None, _only(1, "one choice per request")] = None
-    top_p: Annotated[float | None, _only(1, "the server's own sampling settings apply")] = None
-    presence_penalty: Annotated[float | None, _only(0, "not supported")] = None
-    frequency_penalty: Annotated[float | None, _only(0, "not supported")] = None
-    logprobs: Annotated[bool | None, _only(False, "not supported")] = None
-    top_logprobs: Annotated[int | None, _only(0, "logprobs are not supported")] = None
-    logit_bias: Annotated[dict[str, float] | None, _only({}, "not supported")] = None
-    tools: Annotated[list[Any] | None, _only([], _NO_TOOLS)] = None
-    tool_choice: Annotated[Any, _only("none", _NO_TOOLS)] = None
-    parallel_tool_calls: Annotated[bool | None, _only(False, _NO_TOOLS)] = None
-    functions: Annotated[list[Any] | None, _only([], _NO_TOOLS)] = None
-    function_call: Annotated[Any, _only("none", _NO_TOOLS)] = None
-    response_format: Annotated[Any, _only({"type": "text"}, "replies are plain text")] = None
-    modalities: Annotated[list[str] | None, _only(["text"], "replies are text")] = None
-    store: Annotated[bool | None, _only(False, "completions are not stored")] = None
+    n: Annotated[int | None, only_at(1, "one choice per request")] = None
+    top_p: Annotated[float | None, only_at(1, "the server's own sampling settings apply")] = None
+    presence_penalty: Annotated[float | None, only_at(0, "not supported")] = None
+    frequency_penalty: Annotated[float | None, only_at(0, "not supported")] = None
+    logprobs: Annotated[bool | None, only_at(False, "not supported")] = None
+    top_logprobs: Annotated[int | None, only_at(0, "logprobs are not supported")] = None
+    logit_bias: Annotated[dict[str, float] | None, only_at({}, "not supported")] = None
+    tools: Annotated[list[Any] | None, only_at([], _NO_TOOLS)] = None
+    tool_choice: Annotated[Any, only_at("none", _NO_TOOLS)] = None
+    parallel_tool_calls: Annotated[bool | None, only_at(False, _NO_TOOLS)] = None
+    functions: Annotated[list[Any] | None, only_at([], _NO_TOOLS)] = None
+    function_call: Annotated[Any, only_at("none", _NO_TOOLS)] = None
+    response_format: Annotated[Any, only_at({"type": "text"}, "replies are plain text")] = None
+    modalities: Annotated[list[str] | None, only_at(["text"], "replies are text")] = None
+    store: Annotated[bool | None, only_at(False, "completions are not stored")] = None
 
     @field_validator("stream_options")
     @classmethod

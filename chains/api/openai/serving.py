@@ -12,7 +12,6 @@ failure can only be a chunk in the stream. A client that leaves while it waits i
 from __future__ import annotations
 
 import time
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,14 +27,11 @@ from chains.api.openai.protocol import (
     RequestMessage,
 )
 from chains.api.runs.protocol import ANONYMOUS, RunClient
-from chains.api.runs.serving import RUN_ERRORS, RunServing, run_refusal
-from chains.api.sse import TokenStreamResponse
-from chains.common.errors import STATUS_OF
+from chains.api.runs.serving import RUN_ERRORS, RunServing, run_refusal, stream_once_begun, token_by_token, whole_reply
 from chains.common.responses import ErrorResponse, openai_invalid, refuse
 from chains.common.settings import Settings
 from chains.runnables.chat import ChatChain, ConversationInput, SystemPromptInput
-from chains.streaming.events import ErrorEvent
-from chains.streaming.generation import Generation, StreamOptions
+from chains.streaming.generation import Generation
 from chains.streaming.record import StreamLabels
 from chains.streaming.run import Listener
 
@@ -95,12 +91,6 @@ class OpenAIServing:
         return refuse(404, "not_found", f"The model {name[:100]!r} does not exist; the models are "
                       f"{', '.join(self.chains)} (GET /v1/models)", param="model")
 
-    def options(self) -> StreamOptions:
-        """Token by token, within the server's generation time limits."""
-        settings = self.settings
-        return StreamOptions(buffer_size=1, flush_ms=None, timeout=settings.stream_timeout,
-                             idle_timeout=settings.stream_idle_timeout)
-
     def chain_for(self, request: ChatCompletionRequest) -> ChatChain:
         """The requested chain, with the request's sampling within the server's caps: `max_tokens` at most
         MAX_TOKENS (above it, the reply ends at MAX_TOKENS with finish_reason `length`)."""
@@ -145,35 +135,17 @@ class OpenAIServing:
         try:
             # A run like every stream's (X-Run-Id; state, replay and cancel at /chat/runs/{run_id}), cancelled
             # when its client leaves: OpenAI's clients do not resume.
-            generation, events = await self.runs.open(chain, given, self.options(), fmt, client.owner, "cancel",
-                                                      StreamLabels("/v1/chat/completions", request.model),
-                                                      client.address)
+            generation, events = await self.runs.open(
+                chain, given, token_by_token(self.settings), fmt, client.owner, "cancel",
+                StreamLabels("/v1/chat/completions", request.model), client.address)
         except RUN_ERRORS as exc:
             return run_refusal(exc)
         if request.stream:
-            return await self._stream(generation, events)
+            return await stream_once_begun(generation, events, self.settings.sse_heartbeat_seconds)
         return await self._complete(generation, events)
 
-    async def _stream(self, generation: Generation, events: Listener) -> Response:
-        """The stream, once the first token is there; a failure before it is an HTTP error."""
-        try:
-            failure = await generation.first_token()
-        except BaseException:  # the client left while it waited (a cancelled request)
-            await events.aclose()
-            raise
-        if failure is not None:
-            await events.aclose()
-            return self._failed(failure)
-        # The listener has read nothing yet: the response replays the run from its start and follows it.
-        return TokenStreamResponse(events, self.settings.sse_heartbeat_seconds, generation.run.id)
-
     async def _complete(self, generation: Generation, events: Listener) -> Response:
-        async with aclosing(events):
-            body = b"".join([piece async for piece in events])
-        if generation.failure is not None:
-            return self._failed(generation.failure)
+        body = await whole_reply(generation, events)
+        if isinstance(body, ErrorResponse):
+            return body
         return Response(body, media_type="application/json", headers={"X-Run-Id": generation.run.id})
-
-    @staticmethod
-    def _failed(failure: ErrorEvent) -> ErrorResponse:
-        return refuse(STATUS_OF[failure.type], failure.type, failure.error)

@@ -31,6 +31,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+from chains.api.openai.protocol import ReasoningEffort, only_at
 from chains.runnables.chat import BoundedText
 from chains.streaming.events import DoneEvent, ErrorEvent, StartEvent, Usage
 
@@ -39,7 +40,6 @@ from chains.streaming.events import DoneEvent, ErrorEvent, StartEvent, Usage
 STRIDE = 10
 RESPONSE_ID_PREFIX = "resp_"
 MAX_OUTPUT_TOKENS = 2**31 - 1  # it is echoed in every Response: within what JSON encoders take as an integer
-ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 ResponseStatus = Literal["queued", "in_progress", "completed", "incomplete", "cancelled", "failed"]
 
 
@@ -52,17 +52,6 @@ def run_id_of(response_id: str) -> str:
 
 
 # --- the request -------------------------------------------------------------------------------------------------
-
-def _only(no_op: Any, why: str) -> AfterValidator:
-    """A field accepted only at the value that asks for nothing (what clients send by default)."""
-
-    def check(value: Any) -> Any:
-        if value is not None and value != no_op:
-            raise ValueError(f"only {no_op!r} is supported: {why}")
-        return value
-
-    return AfterValidator(check)
-
 
 def _refused(why: str) -> AfterValidator:
     """A field this server cannot honour at any value but none."""
@@ -180,7 +169,7 @@ class ResponseRequest(BaseModel):
     stream_options: StreamOptionsParam | None = None
     background: bool | None = Field(False, description="answer at once; the generation goes on, to be retrieved "
                                     "(`GET /v1/responses/{id}`, its stream resumed) or cancelled")
-    store: Annotated[bool | None, _only(True, "a response is kept as its run, for RUN_TTL seconds")] = None
+    store: Annotated[bool | None, only_at(True, "a response is kept as its run, for RUN_TTL seconds")] = None
     reasoning: ReasoningParam | None = None
     text: TextParam | None = None
     metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = Field(
@@ -193,13 +182,13 @@ class ResponseRequest(BaseModel):
     safety_identifier: BoundedText | None = Field(None, max_length=256, description="accepted and not used")
     parallel_tool_calls: bool | None = Field(None, description="accepted and not used (there are no tools)")
     # Accepted only at the value that asks for nothing.
-    tools: Annotated[list[Any] | None, _only([], _NO_TOOLS)] = None
+    tools: Annotated[list[Any] | None, only_at([], _NO_TOOLS)] = None
     tool_choice: Annotated[Any, AfterValidator(_tool_choice)] = None
     max_tool_calls: Annotated[int | None, _refused(_NO_TOOLS)] = None
-    top_p: Annotated[float | None, _only(1, "the server's own sampling settings apply")] = None
-    top_logprobs: Annotated[int | None, _only(0, "logprobs are not supported")] = None
-    include: Annotated[list[str] | None, _only([], "there is nothing more to include")] = None
-    truncation: Annotated[str | None, _only("disabled", "an input over MAX_INPUT_CHARS is refused")] = None
+    top_p: Annotated[float | None, only_at(1, "the server's own sampling settings apply")] = None
+    top_logprobs: Annotated[int | None, only_at(0, "logprobs are not supported")] = None
+    include: Annotated[list[str] | None, only_at([], "there is nothing more to include")] = None
+    truncation: Annotated[str | None, only_at("disabled", "an input over MAX_INPUT_CHARS is refused")] = None
     previous_response_id: Annotated[str | None, _refused(_NOT_KEPT + "; send the history in `input`")] = None
     conversation: Annotated[Any, _refused(_NOT_KEPT + "; send the history in `input`")] = None
     prompt: Annotated[Any, _refused("there are no stored prompts")] = None

@@ -42,14 +42,12 @@ from chains.api.responses.protocol import (
     response_of,
 )
 from chains.api.runs.protocol import ANONYMOUS, RunClient
-from chains.api.runs.serving import RUN_ERRORS, RunServing, run_refusal
+from chains.api.runs.serving import RUN_ERRORS, RunServing, run_refusal, stream_once_begun, token_by_token, whole_reply
 from chains.api.sse import TokenStreamResponse
-from chains.common.errors import STATUS_OF
 from chains.common.responses import ErrorResponse, openai_invalid, refuse
 from chains.common.settings import Settings
 from chains.runnables.chat import ChatChain
-from chains.streaming.events import ErrorEvent
-from chains.streaming.generation import Generation, StreamOptions
+from chains.streaming.generation import Generation
 from chains.streaming.record import StreamLabels
 from chains.streaming.run import InvalidEventId, Listener
 from chains.streaming.store import RunNotFound, RunOver
@@ -76,12 +74,6 @@ class ResponsesServing:
     chains: dict[str, ChatChain]
     settings: Settings
     runs: RunServing
-
-    def options(self) -> StreamOptions:
-        """Token by token, within the server's generation time limits."""
-        settings = self.settings
-        return StreamOptions(buffer_size=1, flush_ms=None, timeout=settings.stream_timeout,
-                             idle_timeout=settings.stream_idle_timeout)
 
     def chain_for(self, request: ResponseRequest) -> ChatChain:
         """The requested chain, with the request's sampling within the server's caps (`max_output_tokens` at most
@@ -127,7 +119,7 @@ class ResponsesServing:
         fmt = ResponseEvents(request)
         try:
             generation, events = await self.runs.open(
-                self.chain_for(request), given, self.options(), fmt, client.owner,
+                self.chain_for(request), given, token_by_token(self.settings), fmt, client.owner,
                 "continue" if request.in_background else "cancel", StreamLabels(PATH, request.model), client.address)
         except RUN_ERRORS as exc:
             return run_refusal(exc)
@@ -136,33 +128,15 @@ class ResponsesServing:
             return JSONResponse(fmt.response("in_progress").model_dump(mode="json"),
                                 headers={"X-Run-Id": generation.run.id})
         if request.streams:
-            return await self._stream(generation, events)
+            return await stream_once_begun(generation, events, self.settings.sse_heartbeat_seconds)
         return await self._complete(generation, events)
 
-    async def _stream(self, generation: Generation, events: Listener) -> Response:
-        """The stream, once the first token is there; a failure before it is an HTTP error."""
-        try:
-            failure = await generation.first_token()
-        except BaseException:  # the client left while it waited (a cancelled request)
-            await events.aclose()
-            raise
-        if failure is not None:
-            await events.aclose()
-            return self._failed(failure)
-        # The listener has read nothing yet: the response replays the run from its start and follows it.
-        return TokenStreamResponse(events, self.settings.sse_heartbeat_seconds, generation.run.id)
-
     async def _complete(self, generation: Generation, events: Listener) -> Response:
-        async with aclosing(events):
-            body = b"".join([piece async for piece in events])
-        if generation.failure is not None:
-            return self._failed(generation.failure)
+        body = await whole_reply(generation, events)
+        if isinstance(body, ErrorResponse):
+            return body
         # The terminal frame carries the whole Response.
         return JSONResponse(frames_of(body)[-1]["response"], headers={"X-Run-Id": generation.run.id})
-
-    @staticmethod
-    def _failed(failure: ErrorEvent) -> ErrorResponse:
-        return refuse(STATUS_OF[failure.type], failure.type, failure.error)
 
     # -- a response later: its state, its stream, its cancel -------------------------------------------------------
 

@@ -8,7 +8,7 @@ id names instead: no second generation. Every refusal is one of the shared error
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +17,11 @@ from starlette.responses import Response
 
 from chains.api.runs.protocol import RunCaller
 from chains.api.sse import TokenStreamResponse
-from chains.common.responses import refuse
+from chains.common.errors import STATUS_OF
+from chains.common.responses import ErrorResponse, refuse
+from chains.common.settings import Settings
 from chains.runnables.chat import ChatChain
-from chains.streaming.events import EventFormat
+from chains.streaming.events import ErrorEvent, EventFormat
 from chains.streaming.generation import Generation, LiveStreams, StreamOptions, generate
 from chains.streaming.record import StreamLabels, StreamObserver
 from chains.streaming.run import InvalidEventId, Listener, OnDisconnect, parse_event_id
@@ -52,6 +54,40 @@ def run_refusal(exc: Exception) -> JSONResponse:
 
 
 RUN_ERRORS = (RunNotFound, InvalidEventId, RunStoreFull, RunStoreUnavailable, TooManyRuns)
+
+
+def token_by_token(settings: Settings) -> StreamOptions:
+    """The options of a surface that streams every token as it comes (`/v1`, `/api/chat`), within the server's
+    generation time limits."""
+    return StreamOptions(buffer_size=1, flush_ms=None, timeout=settings.stream_timeout,
+                         idle_timeout=settings.stream_idle_timeout)
+
+
+def failure_refusal(failure: ErrorEvent) -> ErrorResponse:
+    """A generation that failed before it said anything, as the HTTP error of its type."""
+    return refuse(STATUS_OF[failure.type], failure.type, failure.error)
+
+
+async def stream_once_begun(generation: Generation, events: Listener, heartbeat_seconds: float) -> Response:
+    """The stream, once the first token is there; a failure before it is an HTTP error with its status (429 with
+    `Retry-After`, 502, 503, 504), which OpenAI's clients raise and retry."""
+    try:
+        failure = await generation.first_token()
+    except BaseException:  # the client left while it waited (a cancelled request)
+        await events.aclose()
+        raise
+    if failure is not None:
+        await events.aclose()
+        return failure_refusal(failure)
+    # The listener has read nothing yet: the response replays the run from its start and follows it.
+    return TokenStreamResponse(events, heartbeat_seconds, generation.run.id)
+
+
+async def whole_reply(generation: Generation, events: Listener) -> bytes | ErrorResponse:
+    """Every event of the run, encoded, once it has ended; or the HTTP error of its failure."""
+    async with aclosing(events):
+        body = b"".join([piece async for piece in events])
+    return failure_refusal(generation.failure) if generation.failure is not None else body
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,11 @@ from pydantic import ValidationError
 from starlette.responses import PlainTextResponse, Response
 
 from chains.api.runs.protocol import RunCaller
-from chains.api.runs.serving import RUN_ERRORS, RunServing, run_refusal
+from chains.api.runs.serving import RUN_ERRORS, RunServing, run_refusal, token_by_token
 from chains.api.sse import TokenStreamResponse
 from chains.api.ui.protocol import HEADERS, UIChatRequest, UIMessageStream
 from chains.common.settings import Settings
 from chains.runnables.chat import ChatChain, ConversationInput
-from chains.streaming.generation import StreamOptions
 from chains.streaming.record import StreamLabels
 from chains.streaming.store import RunNotFound, RunOver
 
@@ -38,11 +37,6 @@ class UIChatServing:
     settings: Settings
     runs: RunServing
 
-    def options(self) -> StreamOptions:
-        settings = self.settings
-        return StreamOptions(buffer_size=1, flush_ms=None, timeout=settings.stream_timeout,
-                             idle_timeout=settings.stream_idle_timeout)
-
     async def chat(self, request: UIChatRequest, caller: RunCaller) -> Response:
         try:
             given = ConversationInput.model_validate({"messages": request.conversation()})
@@ -51,7 +45,7 @@ class UIChatServing:
             return text_refusal(400, str(problem.get("msg", "invalid messages")).removeprefix("Value error, "))
         try:
             generation, listener = await self.runs.open(
-                self.chain, given, self.options(), UIMessageStream(), caller.owner, caller.on_disconnect,
+                self.chain, given, token_by_token(self.settings), UIMessageStream(), caller.owner, caller.on_disconnect,
                 StreamLabels(ROUTE, "conversation"), caller.address)
             await self.runs.store.name(request.id, generation.run.id, caller.owner)
         except RUN_ERRORS as exc:
