@@ -13,7 +13,7 @@ from urllib.parse import unquote_to_bytes
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chains.common.errors import openai_param, speaks_openai
+from chains.common.errors import openai_param, speaks_openai, speaks_text
 from chains.common.responses import invalid, refuse
 from chains.common.scope import PROTOCOL_MARK, runs_the_model
 
@@ -95,13 +95,13 @@ def unicode_problem(path: str, body: bytes) -> JSONResponse | None:
     if where is None:
         return None  # pairs only: valid
     message = "contains an unpaired surrogate (a \\ud800-\\udfff escape on its own): not valid Unicode"
-    if speaks_openai(path):  # OpenAI's shape, as every invalid field of /v1: 400 naming it in `param`
+    if speaks_openai(path) or speaks_text(path):  # /v1: OpenAI's 400 naming it in `param`; /api/chat: text
         param = openai_param(where) or "body"
         return refuse(400, "invalid_body", f"{param}: {message}", param=param)
     return invalid(["body", *where], message)
 
 
-def query_problem(query: bytes) -> JSONResponse | None:
+def query_problem(path: str, query: bytes) -> JSONResponse | None:
     """A query string whose percent-escapes are not UTF-8 would reach the model as U+FFFD replacements, silently
     changed: refused, naming the parameter."""
     if b"%" not in query:
@@ -112,7 +112,10 @@ def query_problem(query: bytes) -> JSONResponse | None:
             unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8")
         except UnicodeDecodeError as exc:
             shown = unquote_to_bytes(name).decode("utf-8", "replace")[:40]
-            return invalid(["query", shown], f"is not valid UTF-8 once percent-decoded (byte {exc.start})")
+            message = f"is not valid UTF-8 once percent-decoded (byte {exc.start})"
+            if speaks_text(path):  # the AI SDK shows the body
+                return refuse(400, "invalid_body", f"{shown}: {message}", param=shown)
+            return invalid(["query", shown], message)
     return None
 
 
@@ -136,7 +139,7 @@ class RequestLimits:
                         "and body timeouts and MAX_CONNECTIONS are not enforced")
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             if scope["type"] == "http" and scope["method"] == "GET" and runs_the_model(scope["path"]):
-                problem = query_problem(scope["query_string"])
+                problem = query_problem(scope["path"], scope["query_string"])
                 if problem is not None:
                     await problem(scope, receive, send)
                     return

@@ -107,6 +107,10 @@ def client(url: str, connections: int, socket_timeout: float | None) -> aredis.R
 
 
 
+# How long a reply may generate at most (STREAM_TIMEOUT's upper bound): a name outlives its run's generation.
+NAME_LIFE = 3600.0
+
+
 class RedisRunStore:
     """Runs shared through Redis: joinable and cancellable through every process that uses the same URL."""
 
@@ -183,16 +187,17 @@ class RedisRunStore:
 
     async def name(self, name: str, run_id: str, owner: str | None) -> None:
         self.local.name_now(name, run_id, owner)
-        try:  # kept as long as the run's events are (RUN_TTL after its end at most; a live run renews nothing)
-            await self.redis.set(name_key(name, owner), run_id, ex=int(self.limits.ttl + LIVE_LEASE) + 1)
-        except REDIS_ERRORS as exc:
-            raise unavailable(exc) from None
+        try:  # kept while the run can be: its longest reply (an hour, STREAM_TIMEOUT's most) and RUN_TTL after
+            await self.redis.set(name_key(name, owner), run_id, ex=int(NAME_LIFE + self.limits.ttl + LIVE_LEASE))
+        except REDIS_ERRORS as exc:  # this replica still knows it: a resume through another one will not
+            log.warning("run store: cannot name run %s in Redis (%s): it resumes through this replica only", run_id,
+                        type(exc).__name__)
 
     async def named(self, name: str, owner: str | None) -> str | None:
         try:
             run_id = await self.redis.get(name_key(name, owner))
-        except REDIS_ERRORS as exc:
-            raise unavailable(exc) from None
+        except REDIS_ERRORS:
+            return await self.local.named(name, owner)  # what this replica knows
         return None if run_id is None else cast(bytes, run_id).decode()
 
     async def _meta(self, run_id: str, owner: str | None) -> dict[bytes, bytes]:

@@ -12,6 +12,7 @@ from chains.api.runs.protocol import ON_DISCONNECT_DOC, RunCaller, parse_on_disc
 from chains.api.ui.protocol import CHAT_ID, RESUME_GRACE_SECONDS, UIChatRequest
 from chains.api.ui.serving import UIChatServing
 from chains.common.scope import API_KEY_ID, client_address
+from chains.streaming.store import CancelOutcome
 
 _STREAM: dict[int | str, dict[str, Any]] = {
     200: {"description": "The UI message stream (`x-vercel-ai-ui-message-stream: v1`): `data:` lines of chunks, "
@@ -44,5 +45,11 @@ def ui_chat_router(serving: UIChatServing) -> APIRouter:
                      owner: Annotated[str | None, Depends(run_owner)]) -> Response:
         """The chat's active run, replayed from its start and followed live (`useChat({resume: true})`)."""
         return await serving.resume(chat_id, owner)
+
+    @router.post("/{chat_id}/cancel", response_model=CancelOutcome, responses={404: {"description": "no reply"}})
+    async def cancel(chat_id: Annotated[str, Path(pattern=CHAT_ID.pattern)],
+                     owner: Annotated[str | None, Depends(run_owner)]) -> Any:
+        """Stop the chat's latest reply (its run), wherever it generates: the stream ends with `abort`."""
+        return await serving.cancel(chat_id, owner)
 
     return router

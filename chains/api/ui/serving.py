@@ -21,7 +21,7 @@ from chains.api.ui.protocol import HEADERS, UIChatRequest, UIMessageStream
 from chains.common.settings import Settings
 from chains.runnables.chat import ChatChain, ConversationInput
 from chains.streaming.record import StreamLabels
-from chains.streaming.store import RunNotFound, RunOver
+from chains.streaming.store import CancelOutcome, RunNotFound, RunOver
 
 ROUTE = "/api/chat"
 
@@ -47,9 +47,14 @@ class UIChatServing:
             generation, listener = await self.runs.open(
                 self.chain, given, token_by_token(self.settings), UIMessageStream(), caller.owner, caller.on_disconnect,
                 StreamLabels(ROUTE, "conversation"), caller.address)
-            await self.runs.store.name(request.id, generation.run.id, caller.owner)
         except RUN_ERRORS as exc:
-            return refused(exc)
+            return run_refusal(exc)  # rendered as text on this path, its Retry-After kept
+        try:
+            await self.runs.store.name(request.id, generation.run.id, caller.owner)
+        except BaseException:  # nothing will follow this run: it must not generate for nobody
+            generation.cancel()
+            await listener.aclose()
+            raise
         return ui_stream(TokenStreamResponse(listener, self.settings.sse_heartbeat_seconds, generation.run.id))
 
     async def resume(self, chat_id: str, owner: str | None) -> Response:
@@ -64,13 +69,19 @@ class UIChatServing:
         except (RunNotFound, RunOver):  # forgotten, or ended, in between
             return Response(status_code=204)
         except RUN_ERRORS as exc:
-            return refused(exc)
+            return run_refusal(exc)
         return ui_stream(TokenStreamResponse(events, self.settings.sse_heartbeat_seconds, run_id))
 
-
-def refused(exc: Exception) -> Response:
-    """A store's refusal, as text."""
-    return text_refusal(run_refusal(exc).status_code, str(exc))
+    async def cancel(self, chat_id: str, owner: str | None) -> CancelOutcome | Response:
+        """Stop the chat's latest reply wherever it generates: what a page's Stop calls (the SDK's `stop` only
+        closes the connection, which the run outlives for its grace), even before the first chunk told it the run."""
+        try:
+            run_id = await self.runs.store.named(chat_id, owner)
+            if run_id is None:
+                return text_refusal(404, f"chat {chat_id!r} has no reply to stop")
+            return await self.runs.store.cancel(run_id, owner)
+        except RUN_ERRORS as exc:
+            return run_refusal(exc)
 
 
 def ui_stream(response: TokenStreamResponse) -> TokenStreamResponse:

@@ -22,8 +22,6 @@ import {
 import { copyCodeOnClick, renderMarkdown } from '../../shared/markdown.js';
 
 const API = '/api/chat';
-// The run behind a reply, which Stop cancels: in the start chunk's metadata (runId), and its message id is msg_<run id>.
-const RUN_PREFIX = 'msg_';
 // Rejoining after a dropped connection: this many `resumeStream` tries, this far apart (then it is an error).
 const REJOIN_DELAYS_MS = [250, 500, 1000, 1000, 2000, 2000, 3000, 3000, 5000, 5000];
 
@@ -237,12 +235,9 @@ function Conversation({ record, onNewChat }) {
     setReattaching(false);
     if (reply) setStopped((ids) => new Set(ids).add(reply.id));
     // The SDK's stop closes the stream; the run, which outlives its connection so that it can be resumed, is
-    // cancelled on the server.
-    const runId = reply?.metadata?.runId ?? (reply?.id.startsWith(RUN_PREFIX) ? reply.id.slice(RUN_PREFIX.length) : null);
-    if (runId) {
-      fetch(`/chat/runs/${encodeURIComponent(runId)}/cancel`, { method: 'POST' })
-        .catch(() => { /* it ends by itself when no one rejoins it */ });
-    }
+    // cancelled on the server: the chat's latest reply, known there by the chat's id even before its first chunk.
+    fetch(`${API}/${encodeURIComponent(record.id)}/cancel`, { method: 'POST' })
+      .catch(() => { /* it ends by itself when no one rejoins it */ });
     await stop();
     clearError(); // stopped while the connection was down: not an error
   };

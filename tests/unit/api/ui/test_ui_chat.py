@@ -104,3 +104,36 @@ async def test_resume_replays_the_chats_active_run_and_is_204_when_there_is_none
         assert chunks(resumed.text) == chunks(original.text)  # replayed from its start, followed to its end
         assert resumed.headers["x-run-id"] == original.headers["x-run-id"]
         assert (await http.get("/api/chat/resumed/stream")).status_code == 204  # over: nothing active
+
+
+async def test_a_chats_reply_is_stopped_by_the_chats_cancel_and_ends_with_abort() -> None:
+    async with client(fake_reply_tokens=200, fake_token_delay_ms=20) as http:
+        assert (await http.post("/api/chat/nothing-yet/cancel")).status_code == 404
+        started = asyncio.create_task(http.post("/api/chat", json=body(chat_id="stopped")))
+        for _ in range(200):  # until the run is named (bounded)
+            cancel = await http.post("/api/chat/stopped/cancel")
+            if cancel.status_code == 200:
+                break
+            await asyncio.sleep(0.01)
+        assert cancel.json()["cancelled"] is True
+        got = chunks((await asyncio.wait_for(started, 30)).text)
+    assert got[-1] == {"type": "abort", "reason": "cancelled"}
+    assert len([c for c in got if c["type"] == "text-delta"]) < 200
+
+
+async def test_a_run_that_cannot_be_named_is_not_left_generating(monkeypatch: Any) -> None:
+    from chains.streaming.store import MemoryRunStore
+
+    async def unnamed(self: MemoryRunStore, name: str, run_id: str, owner: str | None) -> None:
+        raise RuntimeError("the store broke")
+
+    monkeypatch.setattr(MemoryRunStore, "name", unnamed)
+    async with client(fake_reply_tokens=1000, fake_token_delay_ms=10) as http:
+        refused = await http.post("/api/chat", json=body(chat_id="orphan"))
+        assert refused.status_code == 500
+        for _ in range(100):  # the cancel lands on the generation's next step (bounded)
+            live = (await http.get("/health")).json()["runs"]["live"]
+            if live == 0:
+                break
+            await asyncio.sleep(0.01)
+    assert live == 0  # cancelled with its request, not generating 1,000 tokens for nobody
