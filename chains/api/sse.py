@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -12,6 +13,21 @@ from chains.common.scope import BODY_SEND
 from chains.models.base import closing
 
 HEARTBEAT = b": heartbeat\n\n"
+
+
+def sse_event_schema(events: list[str] | None, data: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI for one event of a `text/event-stream`: on OpenAPI 3.1 a stream's schema describes one parsed event
+    (as the 3.2 `itemSchema` does, and as schemathesis reads it), its `data` a string; `events` the event names
+    (None: any)."""
+    event: dict[str, Any] = {"type": "string"} if events is None else {"type": "string", "enum": events}
+    return {"type": "object", "required": ["data"],
+            "properties": {"event": event, "id": {"type": "string"}, "data": {"type": "string", **data}}}
+
+
+def sse_responses(events: list[str] | None, data: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    """A 200 that is a `text/event-stream` of such events."""
+    return {200: {"description": "A `text/event-stream` of the events below.",
+                  "content": {"text/event-stream": {"schema": sse_event_schema(events, data)}}}}
 
 
 class TokenStreamResponse(StreamingResponse):

@@ -15,11 +15,12 @@ Encoding is done once per event, straight to bytes: the token event is the hot p
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 from pydantic import BaseModel, Field, model_validator
 
+from chains.api.sse import sse_responses
 from chains.runnables.chat import BoundedText, ChatMessage, UserText, check_conversation
 from chains.streaming.events import DoneEvent, ErrorEvent, ReasoningEvent, StartEvent, TokenEvent
 
@@ -67,19 +68,6 @@ class ChatDefaults(BaseModel):
     system_prompt: str = Field(description="used when a request gives none (SYSTEM_PROMPT)")
     max_input_chars: int = Field(description="characters in one message or a whole conversation")
     max_messages: int = Field(description="turns in one conversation")
-
-
-def sse_responses(events: list[str], data: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI for a `text/event-stream`: on OpenAPI 3.1 the schema describes one parsed event (as the 3.2
-    `itemSchema` does), its `data` a string."""
-    event_schema = {
-        "type": "object",
-        "required": ["data"],
-        "properties": {"event": {"type": "string", "enum": events}, "id": {"type": "string"},
-                       "data": {"type": "string", **data}},
-    }
-    return {200: {"description": "A `text/event-stream` of the events below.",
-                  "content": {"text/event-stream": {"schema": event_schema}}}}
 
 
 JSON_SSE = sse_responses(["start", "reasoning", "message", "done", "error"], {"contentMediaType": "application/json"})

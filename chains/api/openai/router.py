@@ -22,12 +22,13 @@ from chains.api.openai.protocol import (
 )
 from chains.api.openai.serving import OpenAIServing
 from chains.api.runs.protocol import RunClient, run_client
+from chains.api.sse import sse_event_schema
 
 _COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {
     **OPENAI_ERROR_RESPONSES,
     200: {"description": "A `chat.completion`, or with `stream: true` a `text/event-stream` of chunks.",
           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletion"}},
-                      "text/event-stream": {"schema": {"type": "string"}}}},
+                      "text/event-stream": {"schema": sse_event_schema(["message"], {})}}},
 }
 
 

@@ -15,6 +15,7 @@ from chains.api.openai.protocol import OPENAI_ERROR_RESPONSES
 from chains.api.responses.protocol import RESPONSE_ID_PREFIX, ResponseObject, ResponseRequest, run_id_of
 from chains.api.responses.serving import ResponsesServing
 from chains.api.runs.protocol import RunClient, run_client, run_owner
+from chains.api.sse import sse_event_schema
 
 EVENTS_DOC = """With `stream: true`, a `text/event-stream` of Responses events (`event: <type>` and `data: {…}` with
 `type` and `sequence_number`): response.created, response.in_progress, for a reasoning model a `reasoning` output
@@ -26,7 +27,7 @@ _ANSWER: dict[int | str, dict[str, Any]] = {
     **OPENAI_ERROR_RESPONSES,
     200: {"description": "The Response, or with `stream` a `text/event-stream` of its events.",
           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ResponseObject"}},
-                      "text/event-stream": {"schema": {"type": "string"}}}},
+                      "text/event-stream": {"schema": sse_event_schema(None, {})}}},
 }
 ResponseId = Annotated[str, Path(description="`resp_<run id>`, as `POST /v1/responses` answered it",
                                  pattern=rf"^{RESPONSE_ID_PREFIX}[A-Za-z0-9_-]{{22}}$", max_length=27)]

@@ -9,14 +9,21 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response
 
 from chains.api.runs.protocol import ON_DISCONNECT_DOC, RunCaller, parse_on_disconnect, run_owner
+from chains.api.sse import sse_event_schema
 from chains.api.ui.protocol import CHAT_ID, RESUME_GRACE_SECONDS, UIChatRequest
 from chains.api.ui.serving import UIChatServing
+from chains.common.responses import ERROR_RESPONSES
 from chains.common.scope import API_KEY_ID, client_address
 from chains.streaming.store import CancelOutcome
 
+# Every answer of these paths: the stream (`data:` lines, unnamed events), or a refusal as plain text.
+_TEXT = {"text/plain": {"schema": {"type": "string"}}}
 _STREAM: dict[int | str, dict[str, Any]] = {
+    **{status: {"description": spec["description"], "content": _TEXT} for status, spec in ERROR_RESPONSES.items()},
+    400: {"description": "an invalid body or parameter, named", "content": _TEXT},
     200: {"description": "The UI message stream (`x-vercel-ai-ui-message-stream: v1`): `data:` lines of chunks, "
-                         "then `data: [DONE]`.", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                         "then `data: [DONE]`.",
+          "content": {"text/event-stream": {"schema": sse_event_schema(["message"], {})}}},
 }
 
 
@@ -46,7 +53,9 @@ def ui_chat_router(serving: UIChatServing) -> APIRouter:
         """The chat's active run, replayed from its start and followed live (`useChat({resume: true})`)."""
         return await serving.resume(chat_id, owner)
 
-    @router.post("/{chat_id}/cancel", response_model=CancelOutcome, responses={404: {"description": "no reply"}})
+    @router.post("/{chat_id}/cancel", response_model=CancelOutcome, responses={
+        **{status: spec for status, spec in _STREAM.items() if status != 200},
+        404: {"description": "the chat has no reply", "content": _TEXT}})
     async def cancel(chat_id: Annotated[str, Path(pattern=CHAT_ID.pattern)],
                      owner: Annotated[str | None, Depends(run_owner)]) -> Any:
         """Stop the chat's latest reply (its run), wherever it generates: the stream ends with `abort`."""
