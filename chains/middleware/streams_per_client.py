@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chains.common.responses import refuse
 from chains.common.scope import MODEL_RUNS, client_address, holds_a_stream
@@ -35,9 +35,24 @@ class StreamsPerClient:
             await response(scope, receive, send)
             return
         self.in_flight[client] += runs
+        counted = True
+
+        def release() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self.in_flight[client] -= runs
+                if not self.in_flight[client]:
+                    del self.in_flight[client]
+
+        async def releasing_send(message: Message) -> None:
+            # The response's last message ends the stream for its client, which may ask again as soon as it has it:
+            # released before it is sent, not when the app returns a few steps later.
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                release()
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, releasing_send)
         finally:
-            self.in_flight[client] -= runs
-            if not self.in_flight[client]:
-                del self.in_flight[client]
+            release()

@@ -72,3 +72,27 @@ async def test_every_route_that_holds_a_stream_counts(method: str, path: str) ->
     assert second.status == 429 and (body.get("type") or body["error"]["code"]) == "too_many_streams"  # /v1: OpenAI's
     hold.set()
     assert (await first).status == 200
+
+
+async def test_a_stream_is_no_longer_counted_once_its_last_message_is_sent() -> None:
+    # A client that has its whole reply may ask again at once: the response's end releases its place, not the app's
+    # return a few steps later (OpenAI's SDK asks again as soon as it read `[DONE]`).
+    finishing = asyncio.Event()
+
+    async def stream_then_linger(scope: dict, receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})  # type: ignore[operator]
+        await finishing.wait()  # the app's own clean-up, after the client has everything
+
+    middleware = StreamsPerClient(stream_then_linger, limit=1)
+    first = asyncio.create_task(call(middleware, scope(client="10.0.0.1")))
+    for _ in range(100):
+        if "10.0.0.1" not in middleware.in_flight and not first.done():
+            break
+        await asyncio.sleep(0.001)
+    assert middleware.in_flight == {} and not first.done()
+    again = asyncio.create_task(call(middleware, scope(client="10.0.0.1")))
+    await asyncio.sleep(0.01)
+    finishing.set()
+    assert [answer.status for answer in await asyncio.gather(first, again)] == [200, 200]
+    assert middleware.in_flight == {}
