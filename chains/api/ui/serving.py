@@ -4,7 +4,8 @@ message chunks; and the resume of a chat's active run.
 Each reply is a run, named by the chat's id in the run store (so that `GET /api/chat/{id}/stream` finds it from any
 replica that shares the store). Its disconnect policy is a grace period, by default `RESUME_GRACE_SECONDS`: the
 SDK's resumable mode (`useChat({resume: true})`) reconnects after a reload or a cut, so the run must outlive its
-connection for a while, and a tab that is gone for good must not keep the model busy. Stop is the run's cancel.
+connection for a while, and a tab that is gone for good must not keep the model busy. Stop is the chat's cancel
+(`POST /api/chat/{id}/cancel`: the chat's latest run), or the run's.
 """
 
 from __future__ import annotations
