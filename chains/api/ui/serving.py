@@ -19,12 +19,11 @@ from chains.api.runs.protocol import RunCaller
 from chains.api.runs.serving import RUN_ERRORS, RunServing, run_refusal, token_by_token
 from chains.api.sse import TokenStreamResponse
 from chains.api.ui.protocol import HEADERS, UIChatRequest, UIMessageStream
+from chains.common.scope import UI_CHAT
 from chains.common.settings import Settings
 from chains.runnables.chat import ChatChain, ConversationInput
 from chains.streaming.record import StreamLabels
 from chains.streaming.store import CancelOutcome, RunNotFound, RunOver
-
-ROUTE = "/api/chat"
 
 
 def text_refusal(status: int, message: str) -> PlainTextResponse:
@@ -47,7 +46,7 @@ class UIChatServing:
         try:
             generation, listener = await self.runs.open(
                 self.chain, given, token_by_token(self.settings), UIMessageStream(), caller.owner, caller.on_disconnect,
-                StreamLabels(ROUTE, "conversation"), caller.address)
+                StreamLabels(UI_CHAT, "conversation"), caller.address)
         except RUN_ERRORS as exc:
             return run_refusal(exc)  # rendered as text on this path, its Retry-After kept
         try:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import httpx
 
 from chains.api.ui.protocol import UIMessageStream
 from chains.models.fake import scripted_reasoning, scripted_tokens
@@ -90,15 +93,21 @@ async def test_refusals_are_plain_text_naming_the_problem() -> None:
     assert resume_bad_id.status_code == 400 and resume_bad_id.headers["content-type"].startswith("text/plain")
 
 
+async def once_named(ask: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
+    """`ask`'s answer once it is a 200: the reply started beside it has been named by its chat (bounded)."""
+    for _ in range(200):
+        answer = await ask()
+        if answer.status_code == 200:
+            return answer
+        await asyncio.sleep(0.01)
+    return answer
+
+
 async def test_resume_replays_the_chats_active_run_and_is_204_when_there_is_none() -> None:
     async with client(fake_reply_tokens=6, fake_token_delay_ms=30) as http:
         assert (await http.get("/api/chat/never-used/stream")).status_code == 204
         started = asyncio.create_task(http.post("/api/chat", json=body(chat_id="resumed")))
-        for _ in range(200):  # until the run is named (bounded)
-            resumed = await http.get("/api/chat/resumed/stream")
-            if resumed.status_code == 200:
-                break
-            await asyncio.sleep(0.01)
+        resumed = await once_named(lambda: http.get("/api/chat/resumed/stream"))
         original = await started
         assert resumed.status_code == 200 and resumed.headers["x-vercel-ai-ui-message-stream"] == "v1"
         assert chunks(resumed.text) == chunks(original.text)  # replayed from its start, followed to its end
@@ -110,11 +119,7 @@ async def test_a_chats_reply_is_stopped_by_the_chats_cancel_and_ends_with_abort(
     async with client(fake_reply_tokens=200, fake_token_delay_ms=20) as http:
         assert (await http.post("/api/chat/nothing-yet/cancel")).status_code == 404
         started = asyncio.create_task(http.post("/api/chat", json=body(chat_id="stopped")))
-        for _ in range(200):  # until the run is named (bounded)
-            cancel = await http.post("/api/chat/stopped/cancel")
-            if cancel.status_code == 200:
-                break
-            await asyncio.sleep(0.01)
+        cancel = await once_named(lambda: http.post("/api/chat/stopped/cancel"))
         assert cancel.json()["cancelled"] is True
         got = chunks((await asyncio.wait_for(started, 30)).text)
     assert got[-1] == {"type": "abort", "reason": "cancelled"}
