@@ -31,6 +31,7 @@ from chains.api.ui.serving import UIChatServing
 from chains.common.keys import FailedAuth, KeyMatcher
 from chains.common.responses import ERROR_RESPONSES, install_error_handlers
 from chains.common.settings import ConfigError, Settings, load_settings
+from chains.hosting.drain import draining
 from chains.hosting.heap import settle_heap
 from chains.hosting.http_protocol import LIMITS_STATE, LIVE_STREAMS_STATE, ConnectionLimits
 from chains.hosting.static import mount_playgrounds
@@ -67,7 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, object]]:
         settle_heap()  # the app is loaded: what it keeps for its life leaves the garbage collector's sight
         try:
-            async with runs.lifespan(app):
+            async with runs.lifespan(app), draining(live, settings.drain_seconds):
                 # uvicorn hands this state to every connection's protocol (chains.hosting.http_protocol).
                 yield {LIMITS_STATE: connection_limits, LIVE_STREAMS_STATE: live}
         finally:
@@ -77,7 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="Token streaming", version="0.1.0", responses=ERROR_RESPONSES, lifespan=lifespan,
                   description="LangChain chat chains streamed over HTTP: LangServe routes and typewriter front ends.")
     app.state.tracing = tracing  # its spans, for a test, with OTEL_TRACES_EXPORTER=memory
-    install_middleware(app, settings, admission, keys, tracing)
+    install_middleware(app, settings, admission, keys, tracing, live)
     install_error_handlers(app)
     # The streaming routes first: a request is matched against the routes in order, and LangServe's chains
     # add ~80 of them.
@@ -89,7 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
     mount_chains(app, chains)
     if keys is not None:
         app.include_router(sign_in_router(*keys))
-    app.include_router(meta_router(settings, admission, runs.store))
+    app.include_router(meta_router(settings, admission, runs.store, model, live))
     app.include_router(metrics_router())
     mount_playgrounds(app)
     return app

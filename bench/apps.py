@@ -103,8 +103,10 @@ def ours_without_a_store() -> Starlette:
     from chains.streaming.store import MemoryRunStore, RunLimits
 
     class UnkeptRuns(MemoryRunStore):
-        async def create(self, owner: str | None, on_disconnect: OnDisconnect, address: str | None = None) -> Run:
-            return Run(new_run_id(), owner, on_disconnect, self.limits.max_events, address=address)
+        async def create(self, owner: str | None, on_disconnect: OnDisconnect, address: str | None = None,
+                         encoding: str = "") -> Run:
+            return Run(new_run_id(), owner, on_disconnect, self.limits.max_events, address=address,
+                       encoding=encoding)
 
     server.build_run_store = lambda settings: UnkeptRuns(RunLimits())
     return server.create_app(load_settings())

@@ -35,6 +35,8 @@ ErrorType = Literal[
     # A generation that could not run or stopped: the status of /invoke, /batch, or a stream's `event: error`.
     "overloaded", "upstream_busy", "timeout", "upstream_error", "rate_limited", "upstream_auth", "shutdown",
     "internal_error",
+    # Many replicas (docs/replicas.md): this replica drains after SIGTERM; the replica generating a run was lost.
+    "draining", "replica_lost",
 ]
 
 
@@ -62,7 +64,7 @@ STATUS_OF: dict[ErrorType, int] = {
     "upstream_error": 502,
     "upstream_auth": 502,  # our credentials upstream are wrong: not the caller's fault, so not 401
     "overloaded": 503, "upstream_busy": 503, "too_many_connections": 503, "shutdown": 503, "run_store_full": 503,
-    "run_store_unavailable": 503,
+    "run_store_unavailable": 503, "draining": 503, "replica_lost": 503,
     "timeout": 504,
 }
 RETRY_AFTER_SECONDS = 1
@@ -71,7 +73,7 @@ RETRY_LATER: frozenset[ErrorType] = frozenset({
     "overloaded", "upstream_busy", "rate_limited", "shutdown", "too_many_streams", "too_many_runs",
     "too_many_connections",
     "too_many_auth_failures",
-    "run_store_full", "run_store_unavailable"})
+    "run_store_full", "run_store_unavailable", "draining", "replica_lost"})
 # What a status from a library (Starlette's routing, LangServe) is called here.
 KIND_OF_STATUS: dict[int, ErrorType] = {401: "unauthorized", 403: "forbidden", 404: "not_found",
                                         405: "method_not_allowed"}

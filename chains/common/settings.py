@@ -137,6 +137,14 @@ class Settings(BaseSettings):
                                   "forgotten before its time to live")
     run_ttl: float = Field(300.0, gt=0, le=86_400, description="seconds a finished run can still be joined and "
                            "replayed")
+    run_lease_seconds: float = Field(5.0, ge=1, le=600, description="with Redis: how long a replica's lease on "
+                                     "its live runs lasts without renewal; when it lapses (the replica died, froze "
+                                     "or lost Redis), every listener gets `replica_lost`")
+    run_lease_renewal_seconds: float = Field(1.0, ge=0.05, le=300, description="with Redis: how often a replica "
+                                             "renews that lease (at most half of `RUN_LEASE_SECONDS`)")
+    drain_seconds: float = Field(30.0, ge=0, le=3600, description="after SIGTERM: how long live runs keep "
+                                 "streaming (readiness answers 503 and new work is refused at once); those still "
+                                 "live then end with `event: error` of type `shutdown`, then the process exits")
 
     # Limits on what one request may ask (see docs/security.md).
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body (413), by `Content-Length` "
@@ -277,6 +285,10 @@ class Settings(BaseSettings):
                 raise ConfigError(f"LOCAL_MODEL_PATH: {self.local_model_path} does not exist or is not a file")
         if self.provider == "openai":
             self.openai_base_urls()  # raises on a bad list
+        if self.run_lease_renewal_seconds > self.run_lease_seconds / 2:
+            raise ConfigError(f"RUN_LEASE_RENEWAL_SECONDS ({self.run_lease_renewal_seconds:g}) must be at most half "
+                              f"of RUN_LEASE_SECONDS ({self.run_lease_seconds:g}): one late renewal must not lose "
+                              "the lease")
         if self.run_store_url and not self.run_store_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("RUN_STORE_URL: give redis://host:port/db (or rediss://, unix://), or leave it empty "
                               "for the in-memory store")

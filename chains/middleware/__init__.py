@@ -2,8 +2,9 @@
 streams). `install` puts them in their one order; each `add_middleware` wraps the ones before it, so the last
 added is the outermost:
 
-    BodySendInScope → InputLimitsInScope → ObserveRequests → CORS → AnswerFailures → ApiKeyAuth → RequestLimits
-        → PathLimits → LangServeBodies → StreamsPerClient → ModelAdmission → CancelWhenClientLeaves → the routes
+    BodySendInScope → InputLimitsInScope → ObserveRequests → CORS → AnswerFailures → ApiKeyAuth
+        → RefuseWhileDraining → RequestLimits → PathLimits → LangServeBodies → StreamsPerClient → ModelAdmission
+        → CancelWhenClientLeaves → the routes
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from chains.middleware.auth import ApiKeyAuth
 from chains.middleware.body_limits import RequestLimits
 from chains.middleware.body_send import BodySendInScope
 from chains.middleware.cancel_when_client_leaves import CancelWhenClientLeaves
+from chains.middleware.draining import RefuseWhileDraining
 from chains.middleware.input_limits import InputLimitsInScope
 from chains.middleware.langserve_bodies import LangServeBodies
 from chains.middleware.observe import ObserveRequests
@@ -27,10 +29,12 @@ from chains.middleware.streams_per_client import StreamsPerClient
 from chains.models.base import AdmissionQueue
 from chains.observability.tracing import Tracing
 from chains.runnables.limits import InputLimits
+from chains.streaming.generation import LiveStreams
 
 
 def install(app: FastAPI, settings: Settings, admission: AdmissionQueue | None,
-            keys: tuple[KeyMatcher, FailedAuth] | None, tracing: Tracing | None = None) -> None:
+            keys: tuple[KeyMatcher, FailedAuth] | None, tracing: Tracing | None = None,
+            live: LiveStreams | None = None) -> None:
     app.add_middleware(CancelWhenClientLeaves)
     if admission is not None:  # a model with a bounded wait queue (the local one, capped upstreams)
         app.add_middleware(ModelAdmission, queue=admission)
@@ -39,6 +43,8 @@ def install(app: FastAPI, settings: Settings, admission: AdmissionQueue | None,
     app.add_middleware(LangServeBodies, max_batch_inputs=settings.max_batch_inputs)
     app.add_middleware(PathLimits, max_config_hash_chars=settings.max_config_hash_chars)
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth)
+    if live is not None:  # before a body is read: a draining replica refuses at once
+        app.add_middleware(RefuseWhileDraining, live=live)
     if keys is not None:
         matcher, failures = keys  # wrong keys counted per address, over API calls and sign-ins together
         app.add_middleware(ApiKeyAuth, matcher=matcher, failures=failures)

@@ -107,6 +107,11 @@ class LlamaCppChatModel(StreamedChatModel):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-decode")
 
     @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory (they load before the server listens; the readiness probe asks)."""
+        return getattr(self, "_llama", None) is not None
+
+    @property
     def _llm_type(self) -> str:
         return "llama-cpp-in-process"
 

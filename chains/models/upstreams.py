@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import suppress
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -106,6 +108,27 @@ class UpstreamsObserver(Protocol):
     def failed_over(self, upstream: str) -> None: ...
 
 
+OPENAI_URL = "https://api.openai.com/v1"  # what the SDK calls when no base URL is given
+REACH_TIMEOUT = 1.0  # a readiness probe's connect to an upstream
+REACH_CACHE = 2.0  # seconds a reachability answer is reused: probes come every second or so, from several places
+
+
+async def can_connect(url: str, timeout: float = REACH_TIMEOUT) -> bool:
+    """Whether a TCP connection to the URL's host and port opens within `timeout` (no request is sent: a probe
+    costs an upstream nothing, and needs no key)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(parts.hostname or "", port)
+    except (OSError, TimeoutError, ValueError):
+        return False
+    writer.close()
+    with suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
 class Upstream:
     """One server of the list: its chat model (and the same with the SDK's retries, for when it is tried last), its
     calls in flight (at most `max_concurrency` when capped) and until when it cools down after a failure."""
@@ -113,6 +136,7 @@ class Upstream:
     def __init__(self, url: str | None, model: OpenAICompatibleChat, retrying: OpenAICompatibleChat,
                  max_concurrency: int, rank: int) -> None:
         self.label = upstream_label(url)
+        self.url = url or OPENAI_URL
         self.model = model
         self.retrying = retrying
         self.rank = rank
@@ -211,6 +235,7 @@ class Upstreams(BaseChatModel):
     _places: ModelPlaces | None = PrivateAttr(None)
     _observer: UpstreamsObserver | None = PrivateAttr(None)
     _freed: asyncio.Condition | None = PrivateAttr(None)  # notified when a slot is given back
+    _reach: tuple[float, str | None] | None = PrivateAttr(None)  # when reachability was last checked, and its answer
 
     def model_post_init(self, context: Any) -> None:
         super().model_post_init(context)
@@ -233,6 +258,21 @@ class Upstreams(BaseChatModel):
 
     def observe_upstreams(self, observer: UpstreamsObserver) -> None:
         self._observer = observer
+
+    async def unreachable(self) -> str | None:
+        """Why no upstream can take a request now (each is cooling down after a failure, or refuses connections),
+        or None when one can; the answer is reused for REACH_CACHE seconds."""
+        now = time.monotonic()
+        if self._reach is not None and now - self._reach[0] < REACH_CACHE:
+            return self._reach[1]
+        reason: str | None = f"none of the {len(self.upstreams)} upstream(s) is reachable: each is cooling down " \
+                             "after a failure or refuses connections"
+        for upstream in self.ordered(now):
+            if upstream.cooling_until <= now and await can_connect(upstream.url):
+                reason = None
+                break
+        self._reach = (time.monotonic(), reason)
+        return reason
 
     def ordered(self, now: float | None = None) -> list[Upstream]:
         """The order this request tries them in: preference, but those cooling down last and, among the others,

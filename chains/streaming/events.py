@@ -63,15 +63,21 @@ class DoneEvent(BaseModel):
 
 
 class ErrorEvent(BaseModel):
-    """`event: error` — generation failed, timed out or was interrupted; the stream ends after it."""
+    """`event: error` — generation failed, timed out or was interrupted; the stream ends after it. A stream that was
+    stopped (a timeout, the server's shutdown, its replica lost) says what it had sent until then."""
 
     error: str
     type: ErrorType
+    full_response: str | None = Field(default=None, description="when stopped: the answer's tokens sent until then")
+    token_count: int | None = Field(default=None, description="when stopped: token events sent until then")
 
 
 class EventFormat(Protocol):
     """An encoding of a generation's events: each returns the bytes of one SSE event (the start may be none).
-    `event_id` is the SSE `id:` as bytes, `<run id>:<seq>`: it names the run and the position in it."""
+    `event_id` is the SSE `id:` as bytes, `<run id>:<seq>`: it names the run and the position in it. `name` names
+    the encoding where another process must end a run of it (`LOST_ENDINGS`)."""
+
+    name: str
 
     def start(self, event_id: bytes, event: StartEvent) -> bytes | None: ...
 
@@ -82,3 +88,31 @@ class EventFormat(Protocol):
     def done(self, event_id: bytes, event: DoneEvent) -> bytes: ...
 
     def error(self, event_id: bytes, event: ErrorEvent) -> bytes: ...
+
+
+class LostEnding(Protocol):
+    """The terminal event of a run whose replica was lost, as its encoding would have sent it, built by another
+    process from the events the run kept (`kept`, as they were sent): it cannot ask the lost encoding's state."""
+
+    def __call__(self, kept: bytes, event_id: bytes, event: ErrorEvent) -> bytes: ...
+
+
+def _plain_error(kept: bytes, event_id: bytes, event: ErrorEvent) -> bytes:
+    return b"id: %b\nevent: error\ndata: %b\n\n" % (event_id, event.model_dump_json(exclude_none=True).encode())
+
+
+class LostEndings:
+    """Each encoding's `LostEnding`, by the encoding's `name`; each surface registers its own (an encoding with none
+    ends in the plain `event: error`)."""
+
+    def __init__(self) -> None:
+        self._endings: dict[str, LostEnding] = {}
+
+    def register(self, name: str, ending: LostEnding) -> None:
+        self._endings[name] = ending
+
+    def __getitem__(self, name: str) -> LostEnding:
+        return self._endings.get(name, _plain_error)
+
+
+LOST_ENDINGS = LostEndings()

@@ -42,6 +42,8 @@ class StreamOptions:
 
 
 SHUTDOWN = ErrorEvent(error="the server is shutting down; try again", type="shutdown")
+DRAINING = ("this replica is shutting down (draining after SIGTERM) and takes no new work; try again (another "
+            "replica will answer)")
 
 
 class LiveStreams:
@@ -52,6 +54,7 @@ class LiveStreams:
     def __init__(self) -> None:
         self._generations: weakref.WeakSet[Generation] = weakref.WeakSet()
         self.shutting_down = False
+        self.draining = False  # after SIGTERM (chains.hosting.drain): no new work; the live runs may finish
 
     def add(self, generation: Generation) -> None:
         self._generations.add(generation)
@@ -161,7 +164,7 @@ class Generation:
         self.record = self._record(status, failure)
         if not self._first_token.done():
             self._first_token.set_result(self.failure)
-        self.run.finish(terminal, status)
+        self.run.finish(terminal, status, self.failure.type if self.failure is not None else None)
         if self.observer is not None:
             self.observer.stream_ended(self.handle, self.record)
 
@@ -198,9 +201,10 @@ class Generation:
             self._finish(*self._terminal_when_stopped())
 
     def _terminal_when_stopped(self) -> tuple[bytes, RunStatus]:
-        if self.interrupted is not None:
-            self.failure = self.interrupted
-            return self.fmt.error(self._next_id(), self.interrupted), "failed"
+        if self.interrupted is not None:  # it says what it had sent until it was stopped
+            self.failure = self.interrupted.model_copy(update={"full_response": "".join(self.texts),
+                                                               "token_count": self.token_count})
+            return self.fmt.error(self._next_id(), self.failure), "failed"
         return self._done("cancelled"), "cancelled"  # a cancel, or the event loop closing
 
     async def _send_each(self, items: TextStream) -> None:

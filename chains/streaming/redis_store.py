@@ -28,14 +28,17 @@ from chains.streaming.redis_mirror import (
     CHANNEL,
     COMMAND_TIMEOUT,
     LIVE_KEY,
-    LIVE_LEASE,
     REDIS_ERRORS,
     REGISTER,
+    RUN_LIFE,
+    Leases,
     RunMirror,
     address_key,
     entry_id,
     entry_seq,
+    events_after,
     events_key,
+    first_seq,
     meta_key,
     name_key,
     owner_key,
@@ -99,22 +102,17 @@ def without_secrets(url: str) -> str:
 def client(url: str, connections: int, socket_timeout: float | None) -> aredis.Redis:
     """A client whose pool waits (up to COMMAND_TIMEOUT) for a free connection rather than failing when many
     requests arrive at once. No retries: redis-py retries a failed connection 10 times with backoff by default,
-    so a lost Redis would stall every request for seconds; we fail at once and decide (503, or generate here)."""
+    so a lost Redis would stall every request for seconds; we fail at once (503) and come back by ourselves."""
     pool = aredis.BlockingConnectionPool.from_url(
         url, max_connections=connections, timeout=COMMAND_TIMEOUT, socket_timeout=socket_timeout,
         socket_connect_timeout=COMMAND_TIMEOUT, socket_keepalive=True, retry=Retry(NoBackoff(), 0))
     return aredis.Redis(connection_pool=pool)
 
 
-
-# How long a reply may generate at most (STREAM_TIMEOUT's upper bound): a name outlives its run's generation.
-NAME_LIFE = 3600.0
-
-
 class RedisRunStore:
     """Runs shared through Redis: joinable and cancellable through every process that uses the same URL."""
 
-    def __init__(self, url: str, limits: RunLimits) -> None:
+    def __init__(self, url: str, limits: RunLimits, leases: Leases | None = None) -> None:
         self.limits = limits
         self.url_shown = without_secrets(url)
         self._check_reachable(url)
@@ -124,7 +122,8 @@ class RedisRunStore:
         # as it takes.
         self.followers = client(url, FOLLOWER_CONNECTIONS, FOLLOW_BLOCK_MS / 1000 + COMMAND_TIMEOUT)
         self.subscriber = client(url, 2, None)
-        self.mirror = RunMirror(self.redis, self.subscriber, limits, secrets.token_hex(8), self.url_shown)
+        self.mirror = RunMirror(self.redis, self.subscriber, limits, secrets.token_hex(8), self.url_shown,
+                                leases or Leases())
         self._waited_for_subscription = False
 
     def _check_reachable(self, url: str) -> None:
@@ -145,50 +144,55 @@ class RedisRunStore:
 
     # -- the store -------------------------------------------------------------------------------------------
 
-    async def create(self, owner: str | None, on_disconnect: OnDisconnect, address: str | None = None) -> Run:
+    async def open(self) -> None:
+        """At start-up: this replica's lease is held, and its reaper runs, before any run is asked for."""
+        self.mirror.start()
+
+    def unready(self) -> str | None:
+        return self.mirror.unready()
+
+    async def create(self, owner: str | None, on_disconnect: OnDisconnect, address: str | None = None,
+                     encoding: str = "") -> Run:
         mirror, limits = self.mirror, self.limits
         mirror.start()
-        run = self.local.create_now(owner, on_disconnect, address)  # this process's own bounds first
-        registered = False
-        if mirror.healthy:
-            if not self._waited_for_subscription:
-                # The first run here: be subscribed for its cancel before anyone knows its id.
-                self._waited_for_subscription = True
-                with suppress(TimeoutError):
-                    async with asyncio.timeout(COMMAND_TIMEOUT):
-                        await mirror.subscribed.wait()
-            now = time.time()
-            try:
-                # The store's bound and the client's budgets, counted over every replica.
-                answer, live = cast(list[int], await self.redis.eval(
-                    REGISTER, 4, LIVE_KEY, meta_key(run.id), address_key(address), owner_key(owner), now,
-                    limits.max_live, now + LIVE_LEASE, run.id, owner or "", mirror.replica, int(LIVE_LEASE * 1000),
-                    address or "", limits.max_live_per_address, limits.max_live_per_key, 1))
-            except REDIS_ERRORS as exc:
-                # Generate anyway: this replica serves it; the flusher registers it when Redis is back.
-                if pool_exhausted(exc):
-                    log.warning("run store: no Redis connection free for %gs; a run generates here unregistered "
-                                "until the flusher writes it", COMMAND_TIMEOUT)
-                    mirror.wake.set()
-                else:
-                    mirror.unreachable(exc)
-            else:
-                registered = answer == 1
-                if not registered:
-                    self.local.withdraw(run)
-                    if answer == -1:
-                        raise TooManyRuns("address", live, limits.max_live_per_address)
-                    if answer == -2:
-                        raise TooManyRuns("key", live, limits.max_live_per_key)
-                    raise RunStoreFull(f"{limits.max_live} runs are generating across the replicas, the most "
-                                       "the store keeps (RUN_MAX_LIVE)")
-        mirror.add(run, registered)
+        reason = mirror.unready()
+        if reason is not None:  # refused at once: a run here would be joinable nowhere else, and leased by none
+            raise RunStoreUnavailable(UNAVAILABLE)
+        run = self.local.create_now(owner, on_disconnect, address, encoding)  # this process's own bounds first
+        if not self._waited_for_subscription:
+            # The first run here: be subscribed for its cancel before anyone knows its id.
+            self._waited_for_subscription = True
+            with suppress(TimeoutError):
+                async with asyncio.timeout(COMMAND_TIMEOUT):
+                    await mirror.subscribed.wait()
+        now = time.time()
+        try:
+            # The store's bound and the client's budgets, counted over every replica.
+            answer, live = cast(list[int], await self.redis.eval(
+                REGISTER, 5, LIVE_KEY, meta_key(run.id), address_key(address), owner_key(owner), events_key(run.id),
+                now, limits.max_live, now + mirror.leases.seconds, run.id, owner or "", mirror.replica,
+                int(RUN_LIFE * 1000), address or "", limits.max_live_per_address, limits.max_live_per_key, 1,
+                encoding))
+        except REDIS_ERRORS as exc:
+            self.local.withdraw(run)
+            if not pool_exhausted(exc):
+                mirror.unreachable(exc)
+            raise unavailable(exc) from None
+        if answer != 1:
+            self.local.withdraw(run)
+            if answer == -1:
+                raise TooManyRuns("address", live, limits.max_live_per_address)
+            if answer == -2:
+                raise TooManyRuns("key", live, limits.max_live_per_key)
+            raise RunStoreFull(f"{limits.max_live} runs are generating across the replicas, the most "
+                               "the store keeps (RUN_MAX_LIVE)")
+        mirror.add(run, True)
         return run
 
     async def name(self, name: str, run_id: str, owner: str | None) -> None:
         self.local.name_now(name, run_id, owner)
         try:  # kept while the run can be: its longest reply (an hour, STREAM_TIMEOUT's most) and RUN_TTL after
-            await self.redis.set(name_key(name, owner), run_id, ex=int(NAME_LIFE + self.limits.ttl + LIVE_LEASE))
+            await self.redis.set(name_key(name, owner), run_id, ex=int(RUN_LIFE + self.limits.ttl))
         except REDIS_ERRORS as exc:  # this replica still knows it: a resume through another one will not
             log.warning("run store: cannot name run %s in Redis (%s): it resumes through this replica only", run_id,
                         type(exc).__name__)
@@ -226,7 +230,7 @@ class RedisRunStore:
                 last_seq, ended = await self._catch_up(key, after, last_seq)
         except REDIS_ERRORS as exc:
             raise unavailable(exc) from None
-        check_resume(run_id, after, entry_seq(first[0][0]) if first else 0, last_seq, ended)
+        check_resume(run_id, after, first_seq(first[0]) if first else 0, last_seq, ended)
         replica = meta.get(b"replica", b"").decode() if meta.get(b"status") == b"running" and not ended else None
         follower = RemoteFollower(self, run_id, after, replica)
         await follower.announce(b"join")
@@ -292,7 +296,8 @@ class RedisRunStore:
         ended = meta.get(b"ended")
         return RunInfo(run_id=run_id, status=known_status(meta.get(b"status", b"").decode()),
                        events=entry_seq(last[0][0]) + 1 if last else 0, listeners=None,
-                       created=float(meta.get(b"created", b"0")), ended=float(ended) if ended else None)
+                       created=float(meta.get(b"created", b"0")), ended=float(ended) if ended else None,
+                       reason=meta.get(b"reason", b"").decode() or None)
 
     def stats(self) -> dict[str, int]:
         return self.local.stats()
@@ -314,13 +319,14 @@ def known_status(status: str) -> RunStatus:
 class RemoteFollower:
     """Follows a run generating in another process: its stream from after `after`, replayed then live (one
     `XREAD BLOCK` does both), until the terminal entry. Each step returns what one read brought, in one piece.
-    If Redis goes away, the stream ends without its terminal event: the client reconnects and resumes."""
+    If Redis goes away, the stream ends without its terminal event: the client reconnects and resumes. A run whose
+    replica is lost gets its terminal event from a reaper (chains.streaming.redis_mirror), like any other."""
 
     def __init__(self, store: RedisRunStore, run_id: str, after: int, replica: str | None) -> None:
         self.store = store
         self.run_id = run_id
         self.key = events_key(run_id)
-        self.position: str | bytes = entry_id(after)  # the last entry read
+        self.after = after  # the seq of the last event read
         self.replica = replica  # the generating process, told when this listener joins and leaves
         self.ended = False
         self.closed = False
@@ -332,9 +338,9 @@ class RemoteFollower:
         redis_ = self.store.followers
         while not (self.ended or self.closed):
             try:
-                reply = cast(StreamReply | None, await redis_.xread({self.key: self.position}, count=READ_BATCH,
-                                                                    block=FOLLOW_BLOCK_MS))
-                if not reply:  # quiet for a while: has the run gone (expired, or its replica died)?
+                reply = cast(StreamReply | None, await redis_.xread({self.key: entry_id(self.after)},
+                                                                    count=READ_BATCH, block=FOLLOW_BLOCK_MS))
+                if not reply:  # quiet for a while: has the run gone (expired)?
                     status = await redis_.hget(meta_key(self.run_id), "status")
                     if status != b"running":
                         break
@@ -342,21 +348,27 @@ class RemoteFollower:
             except REDIS_ERRORS as exc:  # Redis lost, or no connection free: the client reconnects and resumes
                 log.info("run store: a listener following a run through Redis stopped (%s)", type(exc).__name__)
                 break
-            entries = reply[0][1]
-            self.position = entries[-1][0]
-            self.ended = b"end" in entries[-1][1]
-            chunk = b"".join(fields.get(b"d", b"") for _, fields in entries)
+            pieces = []
+            for entry in reply[0][1]:
+                pieces.append(events_after(entry, self.after))
+                self.after = entry_seq(entry[0])
+                if b"end" in entry[1]:  # nothing after the terminal event counts
+                    self.ended = True
+                    break
+            chunk = b"".join(pieces)
             if chunk:
                 return chunk
         await self.aclose()
         raise StopAsyncIteration
 
     async def announce(self, kind: bytes) -> None:
-        """Tells the generating process a listener joined or left, so that its disconnect policy counts it."""
+        """Tells the generating process a listener joined or left (through this replica, whose lease it watches),
+        so that its disconnect policy counts it."""
         if self.replica is None:
             return
         with suppress(*REDIS_ERRORS):
-            await self.store.redis.publish(CHANNEL + self.replica, kind + b" " + self.run_id.encode())
+            await self.store.redis.publish(CHANNEL + self.replica, b"%b %b %b" % (
+                kind, self.run_id.encode(), self.store.mirror.replica.encode()))
 
     async def aclose(self) -> None:
         if not self.closed:

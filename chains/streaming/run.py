@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Literal, Protocol
 
+from chains.streaming.events import ErrorEvent
+
 OnDisconnect = Literal["cancel", "continue"] | float
 RunStatus = Literal["running", "completed", "cancelled", "failed"]
 # Why a run was cancelled: a cancel request, or its last listener left (the disconnect policy).
@@ -52,9 +54,11 @@ class Reader(Protocol):
 
 
 class Stoppable(Protocol):
-    """What a run needs of its generation: a way to stop it early."""
+    """What a run needs of its generation: ways to stop it early, as cancelled or with a terminal error."""
 
     def cancel(self, reason: CancelReason = "cancelled") -> bool: ...
+
+    def interrupt(self, reason: ErrorEvent) -> None: ...
 
 
 class Run:
@@ -67,6 +71,7 @@ class Run:
         "_waiters",
         "address",
         "created",
+        "encoding",
         "ended",
         "events",
         "first_seq",
@@ -77,18 +82,22 @@ class Run:
         "owner",
         "prefix",
         "readers",
+        "reason",
         "status",
     )
 
     def __init__(self, run_id: str, owner: str | None, on_disconnect: OnDisconnect, max_events: int,
-                 on_end: Callable[[Run], None] | None = None, address: str | None = None) -> None:
+                 on_end: Callable[[Run], None] | None = None, address: str | None = None,
+                 encoding: str = "") -> None:
         self.id = run_id
+        self.encoding = encoding  # its EventFormat's name: how another process ends it if this one is lost
         self.owner = owner  # the API key's fingerprint when keys are set: only that key sees the run
         self.address = address  # the client address that started it: its live runs count against that address
         self.prefix = run_id.encode() + b":"
         self.events: list[bytes] = []
         self.first_seq = 0  # seq of events[0]: a run longer than max_events keeps its newest ones
         self.status: RunStatus = "running"
+        self.reason: str | None = None  # a failed run's error type (timeout, shutdown, replica_lost, …)
         self.created = time.time()
         self.ended: float | None = None
         self.readers: list[Reader] = []  # the listeners connected now
@@ -124,11 +133,12 @@ class Run:
         if self.mirror is not None:
             self.mirror(self)
 
-    def finish(self, terminal: bytes, status: RunStatus) -> None:
+    def finish(self, terminal: bytes, status: RunStatus, reason: str | None = None) -> None:
         """The last event; listeners get it and end."""
         if self.finished:
             return
         self.status = status  # before the append, so that a listener woken by it sees the end
+        self.reason = reason
         self.ended = time.time()
         self.append(terminal)
         if self._grace is not None:

@@ -83,19 +83,31 @@ class RunInfo(BaseModel):
     listeners: int | None = Field(description="connected now (None when the run generates on another replica)")
     created: float = Field(description="unix seconds")
     ended: float | None = Field(description="unix seconds; the run can be replayed until ended + RUN_TTL")
+    reason: str | None = Field(None, description="why a failed run failed: its error type (`replica_lost` when the "
+                               "replica generating it was lost, `shutdown`, `timeout`, …); null otherwise")
 
 
 def run_info(run: Run) -> RunInfo:
     return RunInfo(run_id=run.id, status=run.status, events=run.next_seq, listeners=run.listeners,
-                   created=run.created, ended=run.ended)
+                   created=run.created, ended=run.ended, reason=run.reason)
 
 
 class RunStore(Protocol):
     """What the streaming surfaces need of a store."""
 
-    async def create(self, owner: str | None, on_disconnect: OnDisconnect, address: str | None = None) -> Run:
+    async def create(self, owner: str | None, on_disconnect: OnDisconnect, address: str | None = None,
+                     encoding: str = "") -> Run:
         """A new run, generating in this process, started by `owner` (a key's fingerprint, or None) from
-        `address` (None: not counted by address). Raises RunStoreFull, TooManyRuns (or RunStoreUnavailable)."""
+        `address` (None: not counted by address), encoded by the EventFormat named `encoding`. Raises
+        RunStoreFull, TooManyRuns (or RunStoreUnavailable)."""
+        ...
+
+    def unready(self) -> str | None:
+        """Why this process cannot take new runs now (the shared store is unreachable), or None."""
+        ...
+
+    async def open(self) -> None:
+        """At start-up, before any run (with Redis: this replica's lease is taken, its reaper started)."""
         ...
 
     async def listen(self, run_id: str, owner: str | None, last_event_id: str | None) -> AsyncIterator[bytes]:
@@ -176,10 +188,18 @@ class MemoryRunStore:
         # (owner, name) → run id, the latest named last; bounded like the runs it points to.
         self.names: OrderedDict[tuple[str, str], str] = OrderedDict()
 
-    async def create(self, owner: str | None, on_disconnect: OnDisconnect, address: str | None = None) -> Run:
-        return self.create_now(owner, on_disconnect, address)
+    async def create(self, owner: str | None, on_disconnect: OnDisconnect, address: str | None = None,
+                     encoding: str = "") -> Run:
+        return self.create_now(owner, on_disconnect, address, encoding)
 
-    def create_now(self, owner: str | None, on_disconnect: OnDisconnect, address: str | None = None) -> Run:
+    def unready(self) -> str | None:
+        return None
+
+    async def open(self) -> None:
+        return None
+
+    def create_now(self, owner: str | None, on_disconnect: OnDisconnect, address: str | None = None,
+                   encoding: str = "") -> Run:
         self.forget_expired()
         limits = self.limits
         if len(self.live) >= limits.max_live:
@@ -188,7 +208,8 @@ class MemoryRunStore:
             check_budget("address", self.live_by_address[address], limits.max_live_per_address)
         if owner is not None and limits.max_live_per_key:
             check_budget("key", self.live_by_key[owner], limits.max_live_per_key)
-        run = Run(new_run_id(), owner, on_disconnect, limits.max_events, on_end=self._ended, address=address)
+        run = Run(new_run_id(), owner, on_disconnect, limits.max_events, on_end=self._ended, address=address,
+                  encoding=encoding)
         self.live[run.id] = run
         self._count(run, 1)
         self.started += 1
@@ -282,7 +303,10 @@ def build_run_store(settings: Settings) -> RunStore:
                        max_live_per_address=settings.max_live_runs_per_address,
                        max_live_per_key=settings.max_live_runs_per_key)
     if settings.run_store_url:
-        from chains.streaming.redis_store import RedisRunStore  # only a deployment that uses Redis imports it
+        # Only a deployment that uses Redis imports it.
+        from chains.streaming.redis_mirror import Leases
+        from chains.streaming.redis_store import RedisRunStore
 
-        return RedisRunStore(settings.run_store_url, limits)
+        return RedisRunStore(settings.run_store_url, limits, Leases(settings.run_lease_seconds,
+                                                                    settings.run_lease_renewal_seconds))
     return MemoryRunStore(limits)

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from chains.api.sse import sse_responses
 from chains.runnables.chat import BoundedText, ChatMessage, UserText, check_conversation
-from chains.streaming.events import DoneEvent, ErrorEvent, ReasoningEvent, StartEvent, TokenEvent
+from chains.streaming.events import LOST_ENDINGS, DoneEvent, ErrorEvent, ReasoningEvent, StartEvent, TokenEvent
 
 Message = Annotated[UserText, Field(description="the user's message")]
 SystemPrompt = Annotated[BoundedText, Field(description="instructions for the assistant; default: SYSTEM_PROMPT")]
@@ -98,6 +98,8 @@ def data_lines(text: str) -> bytes:
 class JsonEvents:
     """The `/chat` encoding."""
 
+    name = "chat"
+
     def start(self, event_id: bytes, event: StartEvent) -> bytes:
         return b"id: %b\nevent: start\ndata: %b\n\n" % (event_id, event.model_dump_json().encode())
 
@@ -113,11 +115,32 @@ class JsonEvents:
         return b"id: %b\nevent: done\ndata: %b\n\n" % (event_id, event.model_dump_json().encode())
 
     def error(self, event_id: bytes, event: ErrorEvent) -> bytes:
-        return b"id: %b\nevent: error\ndata: %b\n\n" % (event_id, event.model_dump_json().encode())
+        return b"id: %b\nevent: error\ndata: %b\n\n" % (event_id, event.model_dump_json(exclude_none=True).encode())
+
+    @staticmethod
+    def lost(kept: bytes, event_id: bytes, event: ErrorEvent) -> bytes:
+        """The error event, with the answer the kept token events carry (the default events: no `event:` line)."""
+        texts: list[str] = []
+        count = 0
+        for block in kept.split(b"\n\n"):
+            _, found, data = block.partition(b"\ndata: ")
+            if not found or b"\nevent: " in block:
+                continue
+            try:
+                token = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(token, dict) and isinstance(token.get("token"), str):
+                texts.append(token["token"])
+                count = token.get("token_count", count)
+        lost = event.model_copy(update={"full_response": "".join(texts), "token_count": count})
+        return JSON_EVENTS.error(event_id, lost)
 
 
 class RawText:
     """The encoding of the tutorial's `/chat-token`, `/chat-conversation`, `/chat-buffered`, `/chat-timeout`."""
+
+    name = "raw"
 
     def start(self, event_id: bytes, event: StartEvent) -> bytes | None:
         return None
@@ -140,3 +163,5 @@ class RawText:
 
 
 JSON_EVENTS, RAW_TEXT = JsonEvents(), RawText()
+LOST_ENDINGS.register(JsonEvents.name, JsonEvents.lost)
+LOST_ENDINGS.register(RawText.name, lambda kept, event_id, event: RAW_TEXT.error(event_id, event))

@@ -36,7 +36,7 @@ from pydantic import (
 from chains.common.errors import STATUS_OF, openai_error_body
 from chains.common.responses import ERROR_RESPONSES
 from chains.runnables.chat import BoundedText
-from chains.streaming.events import DoneEvent, ErrorEvent, StartEvent, Usage
+from chains.streaming.events import LOST_ENDINGS, DoneEvent, ErrorEvent, StartEvent, Usage
 
 # OpenAI allows up to four stop sequences.
 MAX_STOP_SEQUENCES = 4
@@ -251,8 +251,16 @@ class _Completion:
         return event.finish_reason or "stop"
 
 
+def error_chunk(event: ErrorEvent) -> bytes:
+    """A stream's failure as OpenAI's streams say it: an `error` object, then `[DONE]`."""
+    body = openai_error_body(STATUS_OF[event.type], event.type, event.error)
+    return b"data: " + orjson.dumps(body) + b"\n\ndata: [DONE]\n\n"
+
+
 class ChatCompletionChunks(_Completion):
     """The streaming encoding. `event_id` is ignored: OpenAI's chunks carry no SSE `id:`."""
+
+    name = "chat.completion.chunk"
 
     def __init__(self, model: str, include_usage: bool) -> None:
         super().__init__(model)
@@ -291,13 +299,14 @@ class ChatCompletionChunks(_Completion):
         return finish + usage + b"data: [DONE]\n\n"
 
     def error(self, event_id: object, event: ErrorEvent) -> bytes:
-        body = openai_error_body(STATUS_OF[event.type], event.type, event.error)
-        return b"data: " + orjson.dumps(body) + b"\n\ndata: [DONE]\n\n"
+        return error_chunk(event)
 
 
 class ChatCompletionBody(_Completion):
     """The non-streaming encoding: the events' bytes, concatenated, are the `chat.completion` (or nothing, when
     the generation failed: then the generation's `failure` says why)."""
+
+    name = "chat.completion"
 
     def start(self, event_id: object, event: StartEvent) -> bytes | None:
         return None
@@ -318,3 +327,7 @@ class ChatCompletionBody(_Completion):
 
     def error(self, event_id: object, event: ErrorEvent) -> bytes:
         return b""
+
+
+LOST_ENDINGS.register(ChatCompletionChunks.name, lambda kept, event_id, event: error_chunk(event))
+LOST_ENDINGS.register(ChatCompletionBody.name, lambda kept, event_id, event: b"")

@@ -33,7 +33,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from chains.api.openai.protocol import ReasoningEffort, only_at
 from chains.runnables.chat import BoundedText
-from chains.streaming.events import DoneEvent, ErrorEvent, StartEvent, Usage
+from chains.streaming.events import LOST_ENDINGS, DoneEvent, ErrorEvent, StartEvent, Usage
 
 # Frames per run event, at most: the done event of a reply that reasoned and said nothing closes the reasoning
 # item (3), opens and closes the message item (2 + 3) and ends the response (1).
@@ -326,6 +326,8 @@ class ResponseEvents:
     """The Responses stream encoding, one instance per response: it knows the request's echoed fields from the
     start, its id once the run starts, and what was said so far (for a failed response's output)."""
 
+    name = "responses"
+
     def __init__(self, request: ResponseRequest) -> None:
         self.model = request.model
         self.created_at = int(time.time())
@@ -461,6 +463,28 @@ class ResponseEvents:
                                  error=ResponseError(code=code, message=event.error))
         frames.add("response.failed", response=response.model_dump())
         return frames.bytes()
+
+
+    @staticmethod
+    def lost(kept: bytes, event_id: bytes, event: ErrorEvent) -> bytes:
+        """`response.failed`, with the Response object the kept frames built (its output marked incomplete)."""
+        created = next((frame for frame in frames_of(kept) if isinstance(frame.get("response"), dict)), None)
+        if created is None:
+            return b""
+        response = response_of(kept, created["response"].get("id"))
+        if response is None:
+            return b""
+        for item in response.get("output", []):
+            if isinstance(item, dict) and item.get("status") == "in_progress":
+                item["status"] = "incomplete"
+        response.update(status="failed", completed_at=int(time.time()),
+                        error=ResponseError(code="server_error", message=event.error).model_dump())
+        frames = _Frames(event_id)
+        frames.add("response.failed", response=response)
+        return frames.bytes()
+
+
+LOST_ENDINGS.register(ResponseEvents.name, ResponseEvents.lost)
 
 
 # --- reading runs back -------------------------------------------------------------------------------------------

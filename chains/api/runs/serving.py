@@ -99,9 +99,12 @@ class RunServing:
 
     @asynccontextmanager
     async def lifespan(self, app: object) -> AsyncIterator[None]:
-        """The app's lifespan: the store's connections close with it."""
-        yield
-        await self.store.close()
+        """The app's lifespan: the store opens (with Redis: this replica's lease, its reaper) and closes with it."""
+        await self.store.open()
+        try:
+            yield
+        finally:
+            await self.store.close()
 
     async def start(self, chain: ChatChain, chain_input: Any, options: StreamOptions, fmt: EventFormat,
                     caller: RunCaller, labels: StreamLabels = StreamLabels()) -> Response:
@@ -125,7 +128,7 @@ class RunServing:
         """A new run in the store, its generation, and its first listener (joined before the generation can end,
         so the disconnect policy sees it). The run counts against its key's and its address's budgets. Raises the
         store's refusals (RUN_ERRORS)."""
-        run = await self.store.create(owner, on_disconnect, address)
+        run = await self.store.create(owner, on_disconnect, address, fmt.name)
         listener = Listener(run)
         return generate(run, chain, chain_input, options, fmt, labels, self.observer, self.live), listener
 

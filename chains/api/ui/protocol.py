@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from chains.streaming.events import DoneEvent, ErrorEvent, StartEvent
+from chains.streaming.events import LOST_ENDINGS, DoneEvent, ErrorEvent, StartEvent
 
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
 # How long a reply's run outlives its connection by default: `useChat({resume: true})` reconnects after a reload
@@ -86,6 +86,8 @@ DONE = b"data: [DONE]\n\n"
 class UIMessageStream:
     """The encoding of one reply as UI message chunks (an `EventFormat`)."""
 
+    name = "ui-message-stream"
+
     def __init__(self, run_id_prefix: str = "msg_") -> None:
         self.prefix = run_id_prefix
         self.reasoning_open = False
@@ -135,4 +137,15 @@ class UIMessageStream:
 
     def error(self, event_id: bytes, event: ErrorEvent) -> bytes:
         return self._close_parts() + _chunk(orjson.dumps({"type": "error", "errorText": event.error})) + DONE
+
+    @staticmethod
+    def lost(kept: bytes, event_id: bytes, event: ErrorEvent) -> bytes:
+        """The error chunk, after closing the parts the kept chunks left open."""
+        stream = UIMessageStream()
+        stream.reasoning_open = b'"reasoning-start"' in kept and b'"reasoning-end"' not in kept
+        stream.text_open = b'"text-start"' in kept and b'"text-end"' not in kept
+        return stream.error(event_id, event)
+
+
+LOST_ENDINGS.register(UIMessageStream.name, UIMessageStream.lost)
 

@@ -239,8 +239,11 @@ def test_redis_stopped_mid_stream_then_back() -> None:
         events = listener.events  # the listener on A finished its stream as if nothing happened
         assert events[-1].event == "done" and events[-1].json()["status"] == "completed"
         assert positions(events) == list(range(TOKENS + 2))
-        during = read_events(a, "GET", "/chat", params={"message": "hi"}, headers={})[1]  # A still serves
-        assert during[-1].json()["status"] == "completed"
+        # New work is refused at once and cleanly while the store is away (readiness says so too).
+        during = httpx.get(a.url + "/chat", params={"message": "hi"}, timeout=10)
+        assert during.status_code == 503 and during.json()["type"] == "run_store_unavailable", during.text
+        ready = httpx.get(a.url + "/health/ready", timeout=10)
+        assert ready.status_code == 503 and ready.json()["reasons"] == ["run_store_unreachable"]
 
         redis_server = start_redis(redis_server.port)  # back, empty (nothing persisted)
         deadline = time.monotonic() + 20

@@ -472,7 +472,10 @@ async def test_shutdown_ends_every_live_stream_with_its_terminal_event_and_close
     await until(lambda: run.finished)
     events = parse_sse(b"".join([chunk async for chunk in listener]).decode())
     assert events[-1].event == "error"
-    assert events[-1].json() == {"error": "the server is shutting down; try again", "type": "shutdown"}
+    sent = [event.json()["token"] for event in events if event.event == "message"]
+    # What it had sent until then comes with it.
+    assert events[-1].json() == {"error": "the server is shutting down; try again", "type": "shutdown",
+                                 "full_response": "".join(sent), "token_count": len(sent)}
     assert [e.event for e in events].count("error") == 1 and live.shutting_down and len(live) == 0
     assert all(transport.closed for _, transport in connections)  # no request in flight: closed at once
     _, transport = plain = connect(App())  # an app that yields no live streams: the connection just closes

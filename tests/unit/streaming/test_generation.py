@@ -60,13 +60,17 @@ async def test_a_slow_stream_is_flushed_after_flush_ms_rather_than_held_for_a_fu
 async def test_idle_timeout_ends_with_a_timeout_event_and_stops_the_model() -> None:
     events = await stream(StreamOptions(idle_timeout=0.05), reply_tokens=5, token_delay_ms=300)
     assert events[-1].event == "error"
-    assert events[-1].json() == {"error": "No token for 0.05s", "type": "timeout"}
+    sent = tokens_of(events)  # a stopped stream says what it had sent until then
+    assert events[-1].json() == {"error": "No token for 0.05s", "type": "timeout", "full_response": "".join(sent),
+                                 "token_count": len(sent)}
 
 
 async def test_whole_timeout_ends_the_stream_even_while_tokens_flow() -> None:
     events = await stream(StreamOptions(timeout=0.2), reply_tokens=1000, token_delay_ms=10)
-    assert events[-1].json() == {"error": "Timeout after 0.2s", "type": "timeout"}
-    assert 0 < len(tokens_of(events)) < 1000
+    sent = tokens_of(events)
+    assert events[-1].json() == {"error": "Timeout after 0.2s", "type": "timeout", "full_response": "".join(sent),
+                                 "token_count": len(sent)}
+    assert 0 < len(sent) < 1000
 
 
 async def test_a_model_failure_becomes_the_error_event_after_the_tokens_sent() -> None:
@@ -88,7 +92,9 @@ async def test_a_shutdown_interrupts_every_live_generation_with_a_terminal_event
     live.shut_down()
     live.shut_down()  # every connection is told; the streams end once
     for events in await asyncio.gather(*streams):
-        assert events[-1].json() == {"error": "the server is shutting down; try again", "type": "shutdown"}
+        sent = tokens_of(events)
+        assert events[-1].json() == {"error": "the server is shutting down; try again", "type": "shutdown",
+                                     "full_response": "".join(sent), "token_count": len(sent)}
 
 
 async def test_a_consumer_that_stops_reading_stops_the_generation() -> None:
@@ -266,7 +272,8 @@ async def test_a_generation_is_stopped_once_by_whichever_comes_first() -> None:
     interrupted.interrupt(ErrorEvent(error="the upstream went away", type="upstream_error"))
     assert not interrupted.cancel()
     await until_finished(interrupted)
-    assert interrupted.failure == ErrorEvent(error="the upstream went away", type="upstream_error")
+    assert interrupted.failure == ErrorEvent(error="the upstream went away", type="upstream_error",
+                                             full_response="", token_count=0)
     assert interrupted.record is not None and interrupted.record.ending == "upstream_error"
     done = generation_of(ScriptedChatModel(reply_tokens=1))
     await until_finished(done)
@@ -284,7 +291,8 @@ async def test_live_streams_count_what_is_in_flight_and_end_all_with_the_reason_
     live.end_all(ErrorEvent(error="maintenance", type="overloaded"))
     for generation in slow:
         await until_finished(generation)
-        assert generation.failure == ErrorEvent(error="maintenance", type="overloaded")
+        assert generation.failure == ErrorEvent(error="maintenance", type="overloaded", full_response="",
+                                                token_count=0)
     assert len(live) == 0 and not live.shutting_down  # end_all is not the shutdown
 
 
