@@ -325,6 +325,7 @@ class RunMirror:
 
     def start(self) -> None:
         if not self.tasks:
+            self.wake.set()  # the first flush renews at once: this replica's lease is there before its listeners
             self.tasks = [asyncio.create_task(self._flush_forever(), name="run-store-flusher"),
                           asyncio.create_task(self._subscribe_forever(), name="run-store-subscriber"),
                           asyncio.create_task(self._reap_forever(), name="run-store-reaper")]

@@ -30,6 +30,7 @@ from chains.streaming.redis_mirror import (
     LIVE_KEY,
     REDIS_ERRORS,
     REGISTER,
+    REPLICAS_KEY,
     RUN_LIFE,
     Leases,
     RunMirror,
@@ -146,6 +147,8 @@ class RedisRunStore:
 
     async def open(self) -> None:
         """At start-up: this replica's lease is held, and its reaper runs, before any run is asked for."""
+        with suppress(*REDIS_ERRORS):
+            await self.redis.zadd(REPLICAS_KEY, {self.mirror.replica: time.time() + self.mirror.leases.seconds})
         self.mirror.start()
 
     def unready(self) -> str | None:
