@@ -326,6 +326,7 @@ class RunMirror:
     def start(self) -> None:
         if not self.tasks:
             self.wake.set()  # the first flush renews at once: this replica's lease is there before its listeners
+            self.last_contact = self.in_contact_since = time.monotonic()
             self.tasks = [asyncio.create_task(self._flush_forever(), name="run-store-flusher"),
                           asyncio.create_task(self._subscribe_forever(), name="run-store-subscriber"),
                           asyncio.create_task(self._reap_forever(), name="run-store-reaper")]
@@ -347,6 +348,8 @@ class RunMirror:
     def unready(self) -> str | None:
         """Why this replica should take no new run: Redis did not answer lately (the flusher asks it at every
         renewal)."""
+        if not self.tasks:  # not started: nothing asked of Redis yet (the first command will tell)
+            return None
         silent = time.monotonic() - self.last_contact
         if not self.healthy or silent > self.leases.renewal + COMMAND_TIMEOUT + 0.5:
             return f"the run store (Redis at {self.url_shown}) has not answered for {silent:.1f} s"
