@@ -142,9 +142,10 @@ class Settings(BaseSettings):
                                      "or lost Redis), every listener gets `replica_lost`")
     run_lease_renewal_seconds: float = Field(1.0, ge=0.05, le=300, description="with Redis: how often a replica "
                                              "renews that lease (at most half of `RUN_LEASE_SECONDS`)")
-    drain_seconds: float = Field(30.0, ge=0, le=3600, description="after SIGTERM: how long live runs keep "
+    drain_seconds: float = Field(15.0, ge=0, le=3600, description="after SIGTERM: how long live runs keep "
                                  "streaming (readiness answers 503 and new work is refused at once); those still "
-                                 "live then end with `event: error` of type `shutdown`, then the process exits")
+                                 "live then end with `event: error` of type `shutdown`, and the process exits "
+                                 "(≤ 10 s more): keep the two within the platform's grace (Kubernetes' 30 s)")
 
     # Limits on what one request may ask (see docs/security.md).
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body (413), by `Content-Length` "

@@ -20,8 +20,8 @@ from uvicorn.config import LOGGING_CONFIG
 APP = "server:app"
 # The custom protocol is named here and nowhere else.
 PROTOCOL = "chains.hosting.http_protocol:Utf8RequestLineProtocol"
-# Streams get their terminal event at once on SIGTERM; this bounds how long a client that does not read may
-# keep the process alive after that.
+# After SIGTERM's drain (chains.hosting.drain) every stream has had its terminal event; this bounds how long a
+# client that does not read may keep the process alive after that.
 GRACEFUL_SHUTDOWN_SECONDS = 10
 # Connections the kernel queues before the app accepts them (uvicorn's default is 2,048): a burst of 2,000 clients
 # filled that to within 48 places while one busy worker streamed. The kernel caps it at net.core.somaxconn.

@@ -211,7 +211,8 @@ def test_requests_beyond_the_local_queue_get_503(busy_local_server: LiveServer) 
 
 
 def test_sigterm_ends_open_streams_with_a_terminal_event_and_exits(serve_app: ServeApp) -> None:
-    live = serve_app("shutdown-server", CHAT_PROVIDER="fake", FAKE_REPLY_TOKENS="1000", FAKE_TOKEN_DELAY_MS="20")
+    live = serve_app("shutdown-server", CHAT_PROVIDER="fake", FAKE_REPLY_TOKENS="1000", FAKE_TOKEN_DELAY_MS="20",
+                     DRAIN_SECONDS="0")  # the streams still live when the drain is over
     host, port = "127.0.0.1", int(live.url.rsplit(":", 1)[1])
 
     async def scenario() -> list[Any]:
@@ -226,7 +227,9 @@ def test_sigterm_ends_open_streams_with_a_terminal_event_and_exits(serve_app: Se
     for result in results:
         assert result.error is None, result.error  # a clean close, not a cut connection
         assert result.events[-1].event == "error"
-        assert result.events[-1].json() == {"error": "the server is shutting down; try again", "type": "shutdown"}
+        sent = [event.json()["token"] for event in result.token_events()]
+        assert result.events[-1].json() == {"error": "the server is shutting down; try again", "type": "shutdown",
+                                            "full_response": "".join(sent), "token_count": len(sent)}
     # uvicorn shuts down gracefully, then re-raises the signal: exit status -SIGTERM is its clean exit.
     assert live.process.wait(timeout=15) in (0, -signal.SIGTERM)
     assert "Finished server process" in live.output()

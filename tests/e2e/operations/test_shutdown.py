@@ -1,6 +1,8 @@
 """SIGTERM ends every open stream and the process exits: ours with a terminal event and a clean close, on every
 surface (GET and POST /chat, the tutorial's raw variants), on the scripted model and on the embedded one
-(a decode in progress, and requests waiting in its queue); LangServe's streams with a clean close.
+(a decode in progress, and requests waiting in its queue); LangServe's streams with a clean close. These servers
+drain for 0 s (`DRAIN_SECONDS=0`): the streams still live when the drain is over are what is tested here (the
+drain itself: tests/e2e/operations/test_probes.py and test_many_replicas.py).
 
 (POST /chat on the scripted model: tests/e2e/operations/test_reliability.py.)"""
 
@@ -63,15 +65,18 @@ def assert_ended_with_shutdown(name: str, result: StreamResult) -> None:
     assert last.event == "error", (name, last)
     if name in RAW:
         assert last.data == SHUTDOWN, name
-    else:
-        assert last.json() == {"error": SHUTDOWN, "type": "shutdown"}, name
+    else:  # with what it had sent until then
+        sent = [event.json() for event in result.token_events()]
+        assert last.json() == {"error": SHUTDOWN, "type": "shutdown",
+                               "full_response": "".join(token["token"] for token in sent),
+                               "token_count": sent[-1]["token_count"] if sent else 0}, name
     assert not any(e.event == "done" for e in result.events), name
 
 
 # The teardown's stop only does something if the test failed before its SIGTERM.
 long_fake_server = app_fixture(
     "shutdown-surfaces", scope="function", CHAT_PROVIDER="fake", FAKE_REPLY_TOKENS="1000", FAKE_TOKEN_DELAY_MS="20",
-    doc="20-second replies: every stream is still open when the signal comes. The test's SIGTERM stops it.")
+    DRAIN_SECONDS="0", doc="20-second replies: every stream is still open when the signal comes. The test's SIGTERM stops it.")
 
 
 def test_sigterm_ends_every_surface_of_ours_with_a_terminal_event(long_fake_server: LiveServer) -> None:
@@ -93,7 +98,7 @@ def test_sigterm_closes_langserve_streams_cleanly(long_fake_server: LiveServer) 
 
 
 def test_sigterm_ends_a_local_decode_and_the_requests_queued_behind_it(serve_app: ServeApp) -> None:
-    live = serve_app("shutdown-local", **LONG_LOCAL)
+    live = serve_app("shutdown-local", **LONG_LOCAL, DRAIN_SECONDS="0")
     requests = {"decoding": ("POST", "/chat", {"message": LONG}),
                 "queued-chat": ("POST", "/chat", {"message": LONG}),
                 "queued-chat-token": ("POST", "/chat-token?message=hi", None)}
