@@ -24,7 +24,9 @@ def test_disconnect_on_a_raw_variant_frees_the_model(long_local_server) -> None:
 def test_timeout_stops_the_model(long_local_server) -> None:
     response = httpx.post(long_local_server.url + "/chat", json={"message": LONG, "timeout": 1}, timeout=60)
     events = parse_sse(response.text)
-    assert events[-1].json() == {"error": "Timeout after 1s", "type": "timeout"}
+    sent = [e.json()["token"] for e in events if e.event == "message"]  # with what it had sent until then
+    assert events[-1].json() == {"error": "Timeout after 1s", "type": "timeout", "full_response": "".join(sent),
+                                 "token_count": len(sent)}
     assert first_token_seconds(long_local_server.url) < 5
 
 

@@ -141,7 +141,9 @@ def test_flush_ms_bounds_how_long_a_token_waits(slow_fake_server) -> None:
 def test_whole_generation_timeout(slow_fake_server) -> None:
     events = parse_sse(post(slow_fake_server, "/chat", json={"message": "hi", "timeout": 0.4}).text)
     assert events[-1].event == "error"
-    assert events[-1].json() == {"error": "Timeout after 0.4s", "type": "timeout"}
+    sent = [e.json()["token"] for e in events if e.event == "message"]  # with what it had sent until then
+    assert events[-1].json() == {"error": "Timeout after 0.4s", "type": "timeout", "full_response": "".join(sent),
+                                 "token_count": len(sent)}
     assert not any(e.event == "done" for e in events)
     assert 1 <= len([e for e in events if e.event == "message"]) < 8
 
@@ -150,7 +152,8 @@ def test_idle_timeout(slow_fake_server) -> None:
     # The first token comes at once, the next one 150 ms later: longer than the allowed 50 ms of silence.
     events = parse_sse(post(slow_fake_server, "/chat", json={"message": "hi", "idle_timeout": 0.05}).text)
     assert [e.event for e in events] == ["start", "message", "error"]
-    assert events[-1].json() == {"error": "No token for 0.05s", "type": "timeout"}
+    assert events[-1].json() == {"error": "No token for 0.05s", "type": "timeout",
+                                 "full_response": events[1].json()["token"], "token_count": 1}
 
 
 def test_tutorial_timeout_route_message(slow_fake_server) -> None:
