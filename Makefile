@@ -130,13 +130,14 @@ playground: playground/react/dist/index.html playground/vue/dist/index.html play
 
 # Browser tests drive Debian's Chromium (Playwright cannot download its own browser here); the CJK fonts make
 # Chinese text readable in the screenshots; the tutorial's commands are run with curl; pgrep counts workers;
-# the run store's tests start their own real redis-server (Debian's, 7.0) on loopback.
+# the run store's tests start their own real redis-server (Debian's, 7.0) on loopback, and the replicas' tests put
+# Debian's haproxy (2.6) in front of three of them.
 chromium:
 	@command -v chromium >/dev/null && command -v curl >/dev/null && command -v pgrep >/dev/null && \
-	  command -v redis-server >/dev/null && \
+	  command -v redis-server >/dev/null && [ -x /usr/sbin/haproxy ] && \
 	  [ -d /usr/share/fonts/opentype/noto ] && [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || { \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
-	    --no-install-recommends chromium fonts-noto-cjk fonts-noto-color-emoji curl procps redis-server; }
+	    --no-install-recommends chromium fonts-noto-cjk fonts-noto-color-emoji curl procps redis-server haproxy; }
 
 # LangChain.js's RemoteRunnable (tests/js, pinned @langchain/core 0.3) for tests/e2e/langserve/test_remote_runnable_js.py.
 JS_CLIENT_STAMP := tests/js/node_modules/.npm-ci-stamp

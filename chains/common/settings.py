@@ -192,9 +192,10 @@ class Settings(BaseSettings):
                                     "from that address is compared until the window frees")
     auth_failure_window: float = Field(60.0, gt=0, le=86_400, description="the window of `AUTH_FAILURE_LIMIT` (s)")
 
-    # When set, every route but /health needs one of these keys (Bearer, X-API-Key, or the sign-in cookie).
+    # When set, every route but /health and its probes needs one of these keys (Bearer, X-API-Key, or the cookie).
     api_keys: Annotated[list[SecretStr], NoDecode] = Field([], description="the API keys; when set, every "
-                                                           "route but `/health` and `/sign-in` needs one (401): "
+                                                           "route but `/health` (and its probes) and `/sign-in` "
+                                                           "needs one (401): "
                                                            "`Authorization: Bearer`, `X-API-Key` or the sign-in "
                                                            "cookie; never logged or echoed")
 

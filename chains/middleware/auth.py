@@ -1,4 +1,5 @@
-"""API keys: when `API_KEYS` is set, every route but `/health`, `/sign-in` and `/sign-out` needs one.
+"""API keys: when `API_KEYS` is set, every route but `/health` (and its probes `/health/live`, `/health/ready`),
+`/sign-in` and `/sign-out` needs one.
 
 A key is accepted as `Authorization: Bearer <key>` or `X-API-Key: <key>`; a browser signs in once (chains.api.sign_in)
 and sends the `session` cookie, which holds a session signed with the key, never the key (chains.common.keys), so
@@ -22,7 +23,8 @@ from chains.common.keys import COUNTED_REFUSALS, FailedAuth, KeyMatcher, Session
 from chains.common.responses import refuse
 from chains.common.scope import API_KEY_ID, client_address
 
-OPEN_PATHS = ("/health", "/sign-in", "/sign-out")
+# The probes too: a load balancer's health check and Kubernetes' probes carry no key.
+OPEN_PATHS = ("/health", "/health/live", "/health/ready", "/sign-in", "/sign-out")
 
 
 def presented_key(scope: Scope) -> bytes | None:

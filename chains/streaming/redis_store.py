@@ -69,7 +69,7 @@ StreamReply = list[tuple[bytes, list[Entry]]]
 START_UP_TIMEOUT = 2.0  # the synchronous ping at construction
 FOLLOW_BLOCK_MS = 5000  # a follower's XREAD BLOCK; when it comes back empty, the follower checks the run exists
 READ_BATCH = 1000
-CATCH_UP_SECONDS = 1.0  # a resume may name an event the generating replica sent but has not written yet
+CATCH_UP_SECONDS = 1.0  # beyond a lease: a resume may name an event the generating replica sent but never wrote
 CANCEL_WAIT = 2.0  # how long a cancel through another replica waits for the run's end to be written
 CANCEL_POLL = 0.02
 CANCEL_REPUBLISH = 0.5
@@ -231,6 +231,10 @@ class RedisRunStore:
             last_seq, ended = (entry_seq(last[0][0]), b"end" in last[0][1]) if last else (-1, False)
             if after > last_seq and meta.get(b"status") == b"running":
                 last_seq, ended = await self._catch_up(key, after, last_seq)
+            if ended and after >= last_seq and await self.redis.hget(meta_key(run_id), "reason") == b"replica_lost":
+                # Its replica sent this listener events it never wrote, then died: the reaper's terminal event
+                # (whose seq may be one the listener has seen) is still what ends its stream.
+                after = last_seq - 1
         except REDIS_ERRORS as exc:
             raise unavailable(exc) from None
         check_resume(run_id, after, first_seq(first[0]) if first else 0, last_seq, ended)
@@ -240,10 +244,12 @@ class RedisRunStore:
         return follower
 
     async def _catch_up(self, key: str, after: int, last_seq: int) -> tuple[int, bool]:
-        """Waits (briefly) until the stream holds event `after`: the replica generating it may have sent it to
-        its own listeners a moment before writing it."""
+        """Waits until the stream holds event `after`, or the run's end: the replica generating it may have sent it
+        to its own listeners a moment before writing it (then it comes within ms), or have died just after (then
+        a reaper ends the run within a lease and a renewal). Beyond that the id names no event of the run."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + CATCH_UP_SECONDS
+        leases = self.mirror.leases
+        deadline = loop.time() + leases.seconds + leases.renewal + CATCH_UP_SECONDS
         ended = False
         while last_seq < after and not ended and (left := deadline - loop.time()) > 0:
             reply = cast(StreamReply | None, await self.followers.xread(

@@ -251,11 +251,15 @@ def first_token_seconds(url: str) -> float:
 REDIS_SERVER = "/usr/bin/redis-server"
 
 
-def start_redis(port: int | None = None, seconds: float = 15) -> LiveServer:
-    """A real redis-server (Debian's) on loopback, nothing persisted, managed like the other servers; its `url`
-    is `redis://127.0.0.1:<port>`. `port`: start again on the port of one that was stopped."""
+def start_redis(port: int | None = None, seconds: float = 15, aof_dir: Path | None = None) -> LiveServer:
+    """A real redis-server (Debian's) on loopback, managed like the other servers; its `url` is
+    `redis://127.0.0.1:<port>`. `port`: start again on the port of one that was stopped. Nothing is persisted,
+    unless `aof_dir`: then an append-only file there, fsynced every second (`appendonly yes`, `appendfsync
+    everysec`), which a redis-server started again on the same directory reads back."""
     port = free_port() if port is None else port
-    args = [REDIS_SERVER, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+    persistence = ["--appendonly", "no"] if aof_dir is None else [
+        "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(aof_dir)]
+    args = [REDIS_SERVER, "--port", str(port), "--bind", HOST, "--save", "", *persistence,
             "--protected-mode", "yes", "--daemonize", "no"]
     server = _spawn(args, clean_env(), "redis", f"redis://{HOST}:{port}")
     process = server.process
