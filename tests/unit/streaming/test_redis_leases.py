@@ -197,3 +197,25 @@ async def test_when_redis_itself_pauses_past_a_lease_no_run_is_reaped(redis_serv
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_resume_past_what_a_dying_replica_wrote_gets_its_replica_lost_end(redis_server: LiveServer) -> None:
+    """A replica sends its own listener events before it writes them; if it dies then, the client resumes through
+    another replica with an id Redis never had. It waits for the run's end and gets the terminal event, not 400."""
+    a, b = store(redis_server), store(redis_server)
+    try:
+        run = await start(a)
+        await b.open()
+        await until(lambda: run.next_seq >= 4 and not a.mirror.dirty)
+        stop_tasks(a)  # dead: what it sends from now on never reaches Redis
+        await until(lambda: run.next_seq >= 8)
+        seen = run.next_seq - 1  # the client's last event id: beyond what Redis holds
+        follower = Follower(await asyncio.wait_for(b.listen(run.id, None, f"{run.id}:{seen}"), NOTICE + SLACK + 2))
+        await asyncio.wait_for(follower.task, SECONDS)
+        (end,) = follower.events
+        assert end.event == "error" and end.json()["type"] == "replica_lost"
+        written = end.json()["token_count"]
+        assert 0 < written < seen and end.json()["full_response"] == "".join(scripted_tokens(1000)[:written])
+    finally:
+        await close_dead(a)
+        await b.close()
