@@ -20,7 +20,7 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from matplotlib import rc_context
 from matplotlib.axes import Axes
@@ -56,7 +56,7 @@ def draw(results: dict[str, Any], json_path: Path) -> list[Path]:
     """Writes every figure the results have data for next to `json_path`; returns their paths."""
     context = Context(results, json_path)
     written = []
-    with rc_context(SVG_STYLE):
+    with rc_context(cast(Any, SVG_STYLE)):  # matplotlib 3.11's stubs want its rc keys' Literal, not str
         for suffix, drawer in DRAWERS.items():
             figure = drawer(context)
             if figure is None:

@@ -35,7 +35,7 @@ class UnloadedModel(ScriptedChatModel):
 
 class StoreAway(MemoryRunStore):
     def unready(self) -> str | None:
-        return "the run store (Redis at redis://127.0.0.1:1/0) has not answered for 3.1 s"
+        return "the run store (Redis) has not answered for 3.1 s"
 
 
 def closed_port() -> int:

@@ -313,6 +313,7 @@ async def test_redis_lost_mid_run_local_listeners_go_on_and_it_recovers() -> Non
         events = await read_all(local)  # the generation never waited for Redis
         assert tokens_of(events) == scripted_tokens(60) and events[-1].event == "done"
         await until(lambda: a.unready() is not None)
+        assert str(server.port) not in str(a.unready())  # the probe answers without a key: no address in it
         with pytest.raises(RunStoreUnavailable, match="cannot be reached"):  # refused at once, not generated here
             await start(a, tokens=5)
         assert a.stats()["live"] == 0
