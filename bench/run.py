@@ -52,7 +52,7 @@ from typing import Any, cast
 
 from chains.hosting import launcher
 from tests.support.servers import LiveServer, clean_env, free_port, start_process, stop_process
-from tests.support.sse import Event, SSEDecoder, StreamResult, _Chunked, sse_request
+from tests.support.sse import Event, SSEDecoder, StreamResult, _Chunked, read_head, sse_request
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -411,17 +411,8 @@ async def listen_sse(port: int, request: bytes, into: Listened,
     try:
         reader, writer = await asyncio.open_connection(HOST, port)
         writer.write(request)
-        raw = b""
-        while b"\r\n\r\n" not in raw:
-            data = await reader.read(65536)
-            if not data:
-                raise ConnectionError("closed before headers")
-            raw += data
+        into.status, headers, data = await read_head(reader)
         into.head_at = time.perf_counter()
-        head, data = raw.split(b"\r\n\r\n", 1)
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        into.status = int(status_line.split()[1])
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in header_lines)}
         chunked = _Chunked() if headers.get("transfer-encoding") == "chunked" else None
         decoder, utf8 = SSEDecoder(), codecs.getincrementaldecoder("utf-8")()
         while True:

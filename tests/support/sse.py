@@ -172,6 +172,20 @@ class _Chunked:
         return bytes(out)
 
 
+async def read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """A response's status and headers (names in lower case), and the body bytes that came with them."""
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        data = await reader.read(65536)
+        if not data:
+            raise ConnectionError("closed before headers")
+        raw += data
+    header_block, data = raw.split(b"\r\n\r\n", 1)
+    status_line, *header_lines = header_block.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    return int(status_line.split()[1]), headers, data
+
+
 async def sse_request(host: str, port: int, method: str, path: str, body: Any = None,
                       headers: dict[str, str] | None = None, timeout: float = 60.0,
                       light: bool = False) -> StreamResult:
@@ -190,16 +204,7 @@ async def sse_request(host: str, port: int, method: str, path: str, body: Any = 
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
-            raw = b""
-            while b"\r\n\r\n" not in raw:
-                data = await reader.read(65536)
-                if not data:
-                    raise ConnectionError("closed before headers")
-                raw += data
-            header_block, data = raw.split(b"\r\n\r\n", 1)
-            status_line, *header_lines = header_block.decode("latin-1").split("\r\n")
-            result.status = int(status_line.split()[1])
-            result.headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+            result.status, result.headers, data = await read_head(reader)
             chunked = _Chunked() if result.headers.get("transfer-encoding") == "chunked" else None
             sse = SSEDecoder(light) if result.headers.get("content-type", "").startswith("text/event-stream") else None
             utf8 = codecs.getincrementaldecoder("utf-8")()  # strict
