@@ -27,7 +27,7 @@ def logfmt_value(value: object) -> str:
     if value is None:
         return "-"
     text = str(value)
-    if text and text.isprintable() and not any(char in _NEEDS_QUOTES for char in text):
+    if text and text.isprintable() and _NEEDS_QUOTES.isdisjoint(text):  # both scans in C
         return text
     return '"' + "".join(_escaped(char) for char in text) + '"'
 
