@@ -342,7 +342,8 @@ class RunMirror:
         if self.healthy:  # one line per outage, not one per token
             self.healthy = False
             log.warning("run store: Redis at %s unreachable (%s); runs generating here go on streaming here, new "
-                        "runs and joins through other replicas wait for it", self.url_shown, type(exc).__name__)
+                        "runs are refused (503) and joins through other replicas wait for it until it is back",
+                        self.url_shown, type(exc).__name__)
             self.wake.set()
 
     def unready(self) -> str | None:
