@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, RootModel
+from pydantic import BaseModel, TypeAdapter
 from starlette.datastructures import QueryParams
 from starlette.responses import Response
 
@@ -41,8 +41,8 @@ Stream = Response  # a TokenStreamResponse, or the JSON refusal of a run that ca
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
-class OptionalChatBody(RootModel[ChatBody | None]):
-    """`POST /chat`'s body as FastAPI takes `Body()` of `ChatBody | None`."""
+CHAT_QUERY, CHAT_POST_QUERY = TypeAdapter(ChatQuery), TypeAdapter(ChatPostQuery)
+CHAT_BODY = TypeAdapter(ChatBody | None)  # as FastAPI takes `Body()` of `ChatBody | None`
 
 
 def served_by(handler: Handler) -> type[APIRoute]:
@@ -66,13 +66,15 @@ async def json_body(request: Request) -> Any:
     """The body as FastAPI's `Body()` reads it: None when empty, JSON when the content type says so (the
     middleware has checked that it parses), else the bytes (which the model refuses)."""
     body = await request.body()
+    given = request.headers.get("content-type")
     if not body:
         return None
+    if not given:
+        return body
     content_type = email.message.Message()
-    content_type["content-type"] = request.headers.get("content-type", "")
+    content_type["content-type"] = given
     subtype = content_type.get_content_subtype()
-    if request.headers.get("content-type") and content_type.get_content_maintype() == "application" and (
-            subtype == "json" or subtype.endswith("+json")):
+    if content_type.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json")):
         try:
             return json.loads(body)
         except json.JSONDecodeError as exc:
@@ -110,7 +112,7 @@ def chat_router(serving: ChatServing) -> APIRouter:
     async def serve_chat_get(request: Request) -> Stream:
         problems: Problems = []
         caller = caller_of(request, problems)
-        query = validated(ChatQuery, query_of(ChatQuery, request.query_params), "query", problems)
+        query = validated(CHAT_QUERY, query_of(ChatQuery, request.query_params), ("query",), problems)
         check(problems)
         assert caller is not None and query is not None
         return await chat_get(query, caller)
@@ -118,11 +120,11 @@ def chat_router(serving: ChatServing) -> APIRouter:
     async def serve_chat_post(request: Request) -> Stream:
         problems: Problems = []
         caller = caller_of(request, problems)
-        query = validated(ChatPostQuery, query_of(ChatPostQuery, request.query_params), "query", problems)
-        body = validated(OptionalChatBody, await json_body(request), "body", problems)
+        query = validated(CHAT_POST_QUERY, query_of(ChatPostQuery, request.query_params), ("query",), problems)
+        body = validated(CHAT_BODY, await json_body(request), ("body",), problems)
         check(problems)
-        assert caller is not None and query is not None and body is not None
-        return await chat_post(query, caller, body.root)
+        assert caller is not None and query is not None
+        return await chat_post(query, caller, body)
 
     async def documented_get(query: Annotated[ChatQuery, Query()], caller: Caller) -> Stream:
         """Stream a reply, for a browser `EventSource` (which can only GET)."""

@@ -8,7 +8,7 @@ from typing import Annotated, TypeVar
 
 from fastapi import Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from chains.common.scope import API_KEY_ID, client_address
 from chains.streaming.run import OnDisconnect
@@ -56,52 +56,42 @@ async def run_caller(
     last_event_id: Annotated[str | None, Header(description=LAST_EVENT_ID_DOC, max_length=200)] = None,
 ) -> RunCaller:
     """A dependency of every route that starts a run (async: a sync dependency would cost a thread hop)."""
+    return caller(request, on_disconnect, last_event_id)
+
+
+def caller(request: Request, on_disconnect: str | None, last_event_id: str | None) -> RunCaller:
     return RunCaller(owner=request.scope.get(API_KEY_ID), last_event_id=last_event_id or None,
                      on_disconnect=parse_on_disconnect(on_disconnect, ["query", "on_disconnect"]),
                      address=client_address(request.scope))
 
 
+# --- the same, validated by hand (the routes `chains.api.chat.router.served_by` serves) --------------------------
+
+T = TypeVar("T")
+Problems = list[dict[str, object]]
 ON_DISCONNECT = TypeAdapter(Annotated[str | None, Field(max_length=16)])
 LAST_EVENT_ID = TypeAdapter(Annotated[str | None, Field(max_length=200)])
-Problems = list[dict[str, object]]
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
-def validated(model: type[M], given: object, where: str, problems: Problems) -> M | None:
-    """`given` as `model`, once; its problems (located as FastAPI locates them: `where` first) added to
-    `problems`."""
+def validated(adapter: TypeAdapter[T], given: object, loc: tuple[str, ...], problems: Problems) -> T | None:
+    """`given` validated once, as FastAPI validates a parameter (`from_attributes`); its problems, located as
+    FastAPI locates them (`loc` first), added to `problems`."""
     try:
-        return model.model_validate(given, from_attributes=True)  # as FastAPI validates
-    except ValidationError as exc:
-        problems += [{**error, "loc": (where, *error["loc"])} for error in exc.errors(include_url=False)]
-        return None
-
-
-def validated_value(adapter: TypeAdapter[str | None], given: str | None, loc: tuple[str, str],
-                    problems: Problems) -> str | None:
-    try:
-        return adapter.validate_python(given)
+        return adapter.validate_python(given, from_attributes=True)
     except ValidationError as exc:
         problems += [{**error, "loc": (*loc, *error["loc"])} for error in exc.errors(include_url=False)]
         return None
 
 
 def caller_of(request: Request, problems: Problems) -> RunCaller | None:
-    """`run_caller` without FastAPI's per-request solving, for the routes served by hand (chains.api.chat.router):
-    the same checks and the same problems, in FastAPI's order (a dependency's own parameters first; the
-    dependency runs, and may refuse, only when they are valid)."""
+    """`run_caller` without FastAPI's per-request solving: the same checks and the same problems, in FastAPI's
+    order (a dependency's own parameters first; the dependency runs, and may refuse, only when they are valid)."""
     before = len(problems)
-    on_disconnect = validated_value(ON_DISCONNECT, request.query_params.get("on_disconnect"),
-                                    ("query", "on_disconnect"), problems)
-    last_event_id = validated_value(LAST_EVENT_ID, request.headers.get("last-event-id"),
-                                    ("header", "last-event-id"), problems)
-    if len(problems) > before:
-        return None
-    return RunCaller(owner=request.scope.get(API_KEY_ID), last_event_id=last_event_id or None,
-                     on_disconnect=parse_on_disconnect(on_disconnect, ["query", "on_disconnect"]),
-                     address=client_address(request.scope))
+    on_disconnect = validated(ON_DISCONNECT, request.query_params.get("on_disconnect"), ("query", "on_disconnect"),
+                              problems)
+    last_event_id = validated(LAST_EVENT_ID, request.headers.get("last-event-id"), ("header", "last-event-id"),
+                              problems)
+    return caller(request, on_disconnect, last_event_id) if len(problems) == before else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,8 +142,9 @@ class UIMessageStream:
     def lost(kept: bytes, event_id: bytes, event: ErrorEvent) -> bytes:
         """The error chunk, after closing the parts the kept chunks left open."""
         stream = UIMessageStream()
-        stream.reasoning_open = b'"reasoning-start"' in kept and b'"reasoning-end"' not in kept
-        stream.text_open = b'"text-start"' in kept and b'"text-end"' not in kept
+        # By the chunks' own type fields: a text that says "text-end" is escaped inside a delta, never this.
+        stream.reasoning_open = b'{"type":"reasoning-start"' in kept and b'{"type":"reasoning-end"' not in kept
+        stream.text_open = b'{"type":"text-start"' in kept and b'{"type":"text-end"' not in kept
         return stream.error(event_id, event)
 
 

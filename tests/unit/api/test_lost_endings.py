@@ -19,7 +19,8 @@ from chains.api.ui.protocol import UIMessageStream
 from chains.streaming.events import LOST_ENDINGS, ErrorEvent, EventFormat, StartEvent
 
 RUN = "B" * 22
-TOKENS = ["Hel", "lo", ", ", "wor", "ld\n", "\"quoted\" é 🙂"]
+# The last ones look like the encodings' own markers: a lost ending must not take them for them.
+TOKENS = ["Hel", "lo", ", ", "wor", "ld\n", "\"quoted\" é 🙂", "text-end", '"type":"text-end"', "\nevent: x"]
 LOST = ErrorEvent(error="the replica generating this run was lost", type="replica_lost")
 
 
