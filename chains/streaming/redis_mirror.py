@@ -429,6 +429,7 @@ class RunMirror:
             written.append(step)
         renewed: list[MirroredRun] = []
         readers: list[str] = []
+        renews_at = len(pipe.command_stack)  # RENEW's place in the pipeline (ZMSCORE's next)
         if renew:
             renewed, readers = self._renew_leases(pipe, now)
         try:
@@ -447,7 +448,7 @@ class RunMirror:
                 self.lost(step.mirrored)
         if renew:
             self.last_renewal = now
-            self._renewed(renewed, readers, results, len(results) - (2 if readers else 1))
+            self._renewed(renewed, readers, results, renews_at)
 
     def _contact(self) -> None:
         at = time.monotonic()

@@ -123,3 +123,11 @@ def test_a_computed_or_secret_default_must_be_said_in_words(monkeypatch: pytest.
     monkeypatch.setattr(settings_module, "SHOWN_DEFAULTS", shown)
     with pytest.raises(ValueError, match="say in SHOWN_DEFAULTS how the default of LOCAL_THREADS is shown"):
         settings_table()
+
+
+def test_a_lease_renewal_longer_than_half_the_lease_is_refused() -> None:
+    """One late renewal must not lose a live replica its runs."""
+    message = refusal(chat_provider="fake", run_lease_seconds=4, run_lease_renewal_seconds=2.5)
+    assert message.startswith("RUN_LEASE_RENEWAL_SECONDS (2.5) must be at most half of RUN_LEASE_SECONDS (4)")
+    assert load_settings(_env_file=None, chat_provider="fake", run_lease_seconds=4,
+                         run_lease_renewal_seconds=2).run_lease_renewal_seconds == 2
